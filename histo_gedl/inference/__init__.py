@@ -1,0 +1,1 @@
+"""Model inference on whole slides: prediction, stitching and post-processing."""

@@ -1,0 +1,123 @@
+"""Training configuration read from YAML files such as ``pipelines/train-nuclei-c8.yaml``.
+
+Paths may use environment variables (``${HISTO_GEDL_DATA}`` defaults to the
+shared data folder) and are otherwise relative to the YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from histo_gedl.config import DATA_DIR_ENV, shared_data_dir
+from histo_gedl.errors import InvalidParameterError
+from histo_gedl.models.config import ModelConfig
+
+FREEZE_CHOICES = ("none", "encoder", "all_but_head")
+
+
+@dataclass
+class DataConfig:
+    """Where the labelled tiles are and what they are.
+
+    Attributes:
+        images: folder of images.
+        labels: label folders searched in order (instance masks first).
+        mpp: the images' resolution, a number or a CSV with columns image,mpp.
+        validation: stems of the tiles held out for validation.
+        train: stems used for training (all the others when empty).
+        description: what the data is, recorded in the model's metadata.
+        licence: the data's licence, recorded in the model's metadata.
+    """
+
+    images: str = ""
+    labels: list[str] = field(default_factory=list)
+    mpp: float | str | None = None
+    validation: list[str] = field(default_factory=list)
+    train: list[str] = field(default_factory=list)
+    description: str = ""
+    licence: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; see the YAML files in ``pipelines/``."""
+
+    name: str = "model"
+    output_dir: str = "runs/model"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mpp: float = 0.5
+    patch_size: int = 256
+    batch_size: int = 4
+    steps: int = 1000
+    validate_every: int = 100
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    seed: int = 0
+    threads: int = 0
+    arbitrary_rotation: bool = False
+    freeze: str = "none"
+    #: Stop early once this much wall time (seconds) has passed; 0 means no limit.
+    time_limit: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.freeze not in FREEZE_CHOICES:
+            raise InvalidParameterError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
+        stride = self.model.total_stride
+        if self.patch_size <= 0 or self.patch_size % stride:
+            raise InvalidParameterError(
+                f"patch_size must be a positive multiple of {stride} (2 ** model depth), got {self.patch_size}"
+            )
+        for name in ("batch_size", "steps", "validate_every"):
+            if getattr(self, name) <= 0:
+                raise InvalidParameterError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.mpp <= 0:
+            raise InvalidParameterError(f"mpp must be positive, got {self.mpp}")
+
+
+def _expand(value: str, base: Path) -> str:
+    expanded = os.path.expanduser(os.path.expandvars(str(value)))
+    path = Path(expanded)
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def load_train_config(path: str | os.PathLike, overrides: dict | None = None) -> TrainConfig:
+    """Read a training YAML file into a :class:`TrainConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidParameterError(f"training config {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InvalidParameterError(f"training config {path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise InvalidParameterError(f"training config {path} must be a mapping of keys to values")
+    raw.update(overrides or {})
+    os.environ.setdefault(DATA_DIR_ENV, str(shared_data_dir()))
+    base = path.resolve().parent
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise InvalidParameterError(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
+    data = dict(raw.pop("data", {}) or {})
+    data_known = {f.name for f in dataclasses.fields(DataConfig)}
+    if set(data) - data_known:
+        raise InvalidParameterError(
+            f"unknown keys under data: in {path}: {', '.join(sorted(set(data) - data_known))}"
+        )
+    if data.get("images"):
+        data["images"] = _expand(data["images"], base)
+    labels = data.get("labels", [])
+    data["labels"] = [_expand(v, base) for v in ([labels] if isinstance(labels, str) else labels)]
+    if isinstance(data.get("mpp"), str):
+        data["mpp"] = _expand(data["mpp"], base)
+    model = ModelConfig.from_dict(raw.pop("model", {}) or {})
+    if "output_dir" in raw:
+        raw["output_dir"] = _expand(raw["output_dir"], Path.cwd())
+    return TrainConfig(model=model, data=DataConfig(**data), **raw)

@@ -1,0 +1,278 @@
+"""The training loop: patches, loss, schedule, validation, checkpoints and resuming.
+
+Each step draws ``batch_size`` random patches from the training tiles, with
+the tile choice and the augmentation seeded by ``(seed, step)``. A run that
+is interrupted and resumed from its checkpoint therefore sees the same
+batches as one that was not.
+
+Files in ``output_dir``: ``checkpoint.pt`` (the latest state, for
+``--resume``), ``best.safetensors`` (the model with the best validation Dice),
+``history.json`` (loss and validation metrics per step) and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from histo_gedl.errors import DatasetError, InvalidParameterError
+from histo_gedl.models import ModelMetadata, build_model, load_model, save_model
+from histo_gedl.models.unet import SegmentationModel
+from histo_gedl.training.augment import training_augmentation
+from histo_gedl.training.config import TrainConfig
+from histo_gedl.training.data import LabelledTile, load_labelled_tiles
+from histo_gedl.training.targets import three_class_target
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.safetensors"
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run left its files and how it ended."""
+
+    output_dir: Path
+    best_model: Path
+    steps_done: int
+    best_metrics: dict
+    history: dict
+
+
+def _image_statistics(tiles: list[LabelledTile]) -> tuple[list[float], list[float]]:
+    pixels = np.concatenate([t.image.reshape(-1, 3) for t in tiles]).astype(np.float64) / 255.0
+    return pixels.mean(axis=0).round(4).tolist(), pixels.std(axis=0).round(4).tolist()
+
+
+def _split(config: TrainConfig, tiles: list[LabelledTile]) -> tuple[list[LabelledTile], list[LabelledTile]]:
+    names = {t.name for t in tiles}
+    unknown = set(config.data.validation) - names
+    if unknown:
+        raise DatasetError(f"validation tiles not found among the images: {', '.join(sorted(unknown))}")
+    validation = [t for t in tiles if t.name in config.data.validation]
+    training = [t for t in tiles if t.name not in config.data.validation]
+    if config.data.train:
+        training = [t for t in training if t.name in config.data.train]
+    if not training:
+        raise DatasetError("no training tiles left after holding out the validation tiles")
+    return training, validation
+
+
+def _batch(
+    tiles: list[LabelledTile], targets: list[np.ndarray], config: TrainConfig, step: int, augment
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng([config.seed, step])
+    augment.set_random_seed(int(rng.integers(2**31)))
+    # Larger tiles are drawn more often, in proportion to their area.
+    areas = np.array([t.image.shape[0] * t.image.shape[1] for t in tiles], dtype=np.float64)
+    chosen = rng.choice(len(tiles), size=config.batch_size, p=areas / areas.sum())
+    images, masks = [], []
+    for index in chosen:
+        sample = augment(image=tiles[index].image, mask=targets[index])
+        images.append(torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 255.0)
+        masks.append(torch.from_numpy(sample["mask"].astype(np.int64)))
+    return torch.stack(images), torch.stack(masks)
+
+
+def predict_tile(model: SegmentationModel, image: np.ndarray) -> np.ndarray:
+    """Return class probabilities (classes, H, W) for one RGB tile (H, W, 3) of any size.
+
+    The tile is padded with white up to a multiple of the model's total
+    stride, then cropped back.
+    """
+    stride = model.config.total_stride
+    height, width = image.shape[:2]
+    pad_h, pad_w = (-height) % stride, (-width) % stride
+    padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
+    x = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        probabilities = torch.softmax(model(x), dim=1)[0]
+    return probabilities[:, :height, :width].numpy()
+
+
+def validate(model: SegmentationModel, tiles: list[LabelledTile]) -> dict:
+    """Return validation metrics averaged over tiles: foreground Dice, and AJI where instances exist."""
+    from histo_gedl.training.evaluate import score_prediction
+
+    was_training = model.training
+    model.eval()
+    scores = [score_prediction(predict_tile(model, t.image), t.instances, t.has_instances) for t in tiles]
+    model.train(was_training)
+    result = {"dice": float(np.mean([s["dice"] for s in scores]))}
+    ajis = [s["aji"] for s in scores if "aji" in s]
+    if ajis:
+        result["aji"] = float(np.mean(ajis))
+    return result
+
+
+def _freeze(model: SegmentationModel, mode: str) -> None:
+    if mode == "none":
+        return
+    for name, parameter in model.net.named_parameters():
+        if mode == "encoder" and name.startswith("encoder."):
+            parameter.requires_grad_(False)
+        if mode == "all_but_head" and not name.startswith("head."):
+            parameter.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("freeze=%s leaves %d trainable parameters", mode, trainable)
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, history: dict) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history},
+        temporary,
+    )
+    os.replace(temporary, path)
+
+
+def _plot_curves(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    steps, losses = history["loss_steps"], history["loss"]
+    left.plot(steps, losses, linewidth=0.8)
+    left.set_xlabel("step")
+    left.set_ylabel("training loss (Dice + cross-entropy)")
+    for key in ("dice", "aji"):
+        values = [v.get(key) for v in history["validation"]]
+        if any(v is not None for v in values):
+            right.plot(history["validation_steps"], values, marker="o", label=f"validation {key}")
+    right.set_xlabel("step")
+    right.set_ylim(0, 1)
+    right.legend()
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.stem}.partial.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def train(config: TrainConfig, resume: bool = False, init_from: str | None = None) -> TrainResult:
+    """Train a model as ``config`` says; fine-tune when ``init_from`` names a model.
+
+    Args:
+        config: the run's settings.
+        resume: continue from ``output_dir/checkpoint.pt`` instead of starting over.
+        init_from: a model name or file to start from (fine-tuning). Its
+            architecture, normalisation and classes are kept.
+    """
+    from monai.losses import DiceCELoss
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    checkpoint_path = output_dir / CHECKPOINT_NAME
+    if resume and not checkpoint_path.exists():
+        raise InvalidParameterError(
+            f"cannot resume: no checkpoint at {checkpoint_path}; run without --resume to start"
+        )
+    if not resume and checkpoint_path.exists():
+        raise InvalidParameterError(
+            f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    tiles = load_labelled_tiles(config.data.images, config.data.labels, config.mpp, config.data.mpp)
+    training, validation = _split(config, tiles)
+    targets = [three_class_target(t.instances) for t in training]
+    log.info("%d training and %d validation tiles at %.3f mpp", len(training), len(validation), config.mpp)
+
+    if init_from is not None:
+        model = load_model(init_from)
+        model.metadata.extra = dict(model.metadata.extra, finetuned_from=model.metadata.name)
+        if abs(model.metadata.mpp - config.mpp) > 1e-6:
+            raise InvalidParameterError(
+                f"model {init_from} was trained at {model.metadata.mpp} mpp but the config asks for "
+                f"{config.mpp}; set mpp: {model.metadata.mpp} in the config"
+            )
+    else:
+        mean, std = _image_statistics(training)
+        model = build_model(config.model, ModelMetadata(mean=tuple(mean), std=tuple(std)))
+    model.metadata.name = config.name
+    model.metadata.mpp = config.mpp
+    model.metadata.training_data = config.data.description
+    model.metadata.training_data_licence = config.data.licence
+    _freeze(model, config.freeze)
+    model.train()
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    history = {"loss_steps": [], "loss": [], "validation_steps": [], "validation": [], "seconds": 0.0}
+    start_step = 0
+    if resume:
+        state = torch.load(checkpoint_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, history = int(state["step"]), state["history"]
+        log.info("resuming %s at step %d", output_dir, start_step)
+
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    augment = training_augmentation(config.patch_size, config.arbitrary_rotation)
+    best_dice = max((v["dice"] for v in history["validation"]), default=-1.0)
+    started = time.monotonic() - history["seconds"]
+    progress = tqdm(
+        range(start_step, config.steps), initial=start_step, total=config.steps,
+        desc=f"train {config.name}", unit="step", disable=None,
+    )
+    step = start_step
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        images, masks = _batch(training, targets, config, step, augment)
+        loss = loss_function(model(images), masks[:, None])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history["loss_steps"].append(step + 1)
+        history["loss"].append(loss.item())
+        done = step + 1
+        out_of_time = config.time_limit and time.monotonic() - started > config.time_limit
+        if done % config.validate_every == 0 or done == config.steps or out_of_time:
+            metrics = validate(model, validation) if validation else {"dice": float("nan")}
+            history["validation_steps"].append(done)
+            history["validation"].append(metrics)
+            history["seconds"] = time.monotonic() - started
+            progress.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
+            log.info("step %d loss %.4f validation %s", done, float(loss), metrics)
+            if not validation or metrics["dice"] > best_dice:
+                best_dice = metrics["dice"]
+                model.metadata.metrics = {**metrics, "step": done}
+                model.metadata.extra = dict(
+                    model.metadata.extra, train_seconds=round(history["seconds"], 1), torch=torch.__version__
+                )
+                save_model(model, output_dir / BEST_NAME)
+            _save_checkpoint(checkpoint_path, model, optimizer, done, history)
+            (output_dir / "history.json").write_text(json.dumps(history, indent=1))
+            _plot_curves(history, output_dir / "curves.png")
+        if out_of_time:
+            log.warning("stopping at step %d: time limit of %.0f s reached", done, config.time_limit)
+            break
+    progress.close()
+    best = max(history["validation"], key=lambda v: v.get("dice", -1.0), default={})
+    return TrainResult(output_dir, output_dir / BEST_NAME, step + 1, best, history)
