@@ -1,9 +1,9 @@
 """Segmentation metrics: pixel Dice and IoU, aggregated Jaccard index, panoptic quality.
 
-Inputs are 2-D arrays of the same shape. Binary metrics take masks (any
-non-zero value is foreground); per-class metrics take class maps; instance
-metrics take label arrays with 0 as background and any positive integer as a
-nucleus id (ids need not be consecutive).
+Inputs are 2-D arrays of the same shape. Binary metrics take masks, where
+any non-zero value is foreground. Per-class metrics take class maps.
+Instance metrics take label arrays with 0 as background and any positive
+integer as a nucleus id, and the ids need not be consecutive.
 
 Empty cases: when neither prediction nor ground truth contains any
 foreground (or any instance), every score here is 1.0, because the

@@ -117,6 +117,26 @@ def test_instances_marker_erosion_splits_bridge():
     assert int(split.max()) == 2
 
 
+def test_instances_markers_4_connected():
+    # Two interior squares that touch only at one corner are two markers.
+    probabilities = np.zeros((3, 20, 20), dtype=np.float32)
+    probabilities[0] = 1.0
+    interior = np.zeros((20, 20), dtype=bool)
+    interior[2:8, 2:8] = True
+    interior[8:14, 8:14] = True
+    probabilities[0][interior] = 0.0
+    probabilities[1][interior] = 1.0
+    assert int(instances_from_probabilities(probabilities).max()) == 2
+
+
+def test_instances_interior_threshold():
+    labels = np.zeros((20, 20), dtype=np.uint32)
+    labels[4:14, 4:14] = 1
+    probabilities = probabilities_from_labels(labels, confidence=0.6)
+    assert int(instances_from_probabilities(probabilities, interior_threshold=0.5).max()) == 1
+    assert int(instances_from_probabilities(probabilities, interior_threshold=0.7).max()) == 0
+
+
 def test_instances_background_pixels_stay_zero():
     labels = np.zeros((20, 20), dtype=np.uint32)
     labels[4:14, 4:14] = 1
@@ -152,6 +172,7 @@ def test_instances_all_background_empty():
         ({"marker_erosion": -1}, "marker_erosion"),
         ({"interior_threshold": 1.5}, "interior_threshold"),
         ({"foreground_threshold": -0.1}, "foreground_threshold"),
+        ({"interior_threshold": "high"}, "interior_threshold"),
     ],
 )
 def test_instances_rejects_bad_option(options, message):
@@ -188,14 +209,33 @@ def _crossing_nuclei(labels: np.ndarray, block: int) -> list[int]:
     return crossing
 
 
+def _shares(untiled: np.ndarray, tiled: np.ndarray, nucleus: int) -> tuple[int, float, float]:
+    """The tiled id that covers most of an untiled nucleus, its share, and the next largest share."""
+    ids, counts = np.unique(tiled[untiled == nucleus], return_counts=True)
+    order = np.argsort(counts)[::-1]
+    shares = counts[order] / counts.sum()
+    second = float(shares[1]) if shares.size > 1 else 0.0
+    return int(ids[order[0]]), float(shares[0]), second
+
+
+# The synthetic probabilities are flat inside each class, so the watershed
+# breaks ties by flooding order, which differs between windows. A few pixels
+# where touching nuclei meet may therefore change owner. "Split" below means
+# that a second tiled id takes more than 10 % of a nucleus.
+
+
 def test_tiled_matches_untiled():
     labels = random_nuclei((300, 340), count=220, seed=1)
     untiled, tiled, count = _compare_tiled(labels, block=96, margin=32)
     assert count == int(untiled.max())
-    assert np.array_equal(tiled > 0, untiled > 0)
-    # Same partition of the foreground: each untiled nucleus maps to one tiled id.
-    pairs = np.unique(np.stack([untiled[untiled > 0], tiled[untiled > 0]]), axis=1)
-    assert pairs.shape[1] == count
+    changed = np.count_nonzero((tiled > 0) != (untiled > 0))
+    assert changed <= 0.005 * np.count_nonzero(untiled)
+    owners = set()
+    for nucleus in range(1, count + 1):
+        owner, share, _ = _shares(untiled, tiled, nucleus)
+        assert share >= 0.9, f"nucleus {nucleus}: tiled id {owner} covers only {share:.2f}"
+        owners.add(owner)
+    assert len(owners) == count
 
 
 def test_tiled_ids_unique_and_consecutive():
@@ -211,9 +251,9 @@ def test_tiled_no_nucleus_split_at_border():
     crossing = _crossing_nuclei(untiled, block)
     assert len(crossing) > 20
     for nucleus in crossing:
-        ids_under = np.unique(tiled[untiled == nucleus])
-        assert ids_under.size == 1, f"nucleus {nucleus} became ids {ids_under.tolist()}"
-        assert ids_under[0] != 0
+        owner, share, second = _shares(untiled, tiled, nucleus)
+        assert owner != 0
+        assert second <= 0.1, f"nucleus {nucleus} split: shares {share:.2f} and {second:.2f}"
 
 
 def test_tiled_writes_into_zarr():
@@ -261,7 +301,23 @@ def test_tiled_matches_untiled_monuseg(monuseg_dir):
     labels = np.asarray(Image.open(mask_path)).astype(np.uint32)
     block = 256
     untiled, tiled, count = _compare_tiled(labels, block=block, margin=48)
-    assert abs(count - int(untiled.max())) <= max(2, count // 100)
+    assert count == int(untiled.max())
     crossing = _crossing_nuclei(untiled, block)
-    split = [n for n in crossing if np.unique(tiled[untiled == n]).size > 1]
-    assert len(split) <= max(2, len(crossing) // 100), f"split nuclei: {split}"
+    assert len(crossing) > 20
+    split = [n for n in crossing if _shares(untiled, tiled, n)[2] > 0.1]
+    assert split == []
+
+
+def test_tiled_reads_bounded_windows():
+    labels = random_nuclei((200, 230), count=80, seed=5)
+    probabilities = probabilities_from_labels(labels)
+    windows = []
+
+    def source(row0, row1, col0, col1):
+        windows.append((row1 - row0, col1 - col0))
+        return probabilities[:, row0:row1, col0:col1]
+
+    out = np.zeros(labels.shape, dtype=np.uint32)
+    label_instances_tiled(source, labels.shape, out, block=64, margin=16)
+    assert len(windows) == 4 * 4
+    assert max(max(window) for window in windows) <= 64 + 2 * 16

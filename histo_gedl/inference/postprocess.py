@@ -54,8 +54,8 @@ def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
 
 
 def _check_threshold(name: str, value: float) -> None:
-    if not 0.0 <= float(value) < 1.0:
-        raise InvalidParameterError(f"{name} must be in [0, 1), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value < 1.0:
+        raise InvalidParameterError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
 def class_map_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -165,9 +165,9 @@ def label_instances_tiled(
     lies inside the core are written out. A nucleus that crosses a core
     border is therefore written once, whole, by one block. Each block writes
     only pixels that are still 0 in ``out``, so where two windows disagree
-    on a pixel the earlier block (in raster order) keeps it, and a nucleus
-    with more than half of its pixels already written is skipped as a
-    duplicate. Ids are globally unique and numbered 1..n in block raster order.
+    on a pixel, the earlier block in raster order keeps it. A nucleus with
+    more than half of its pixels already written is skipped as a duplicate.
+    Ids are globally unique and numbered 1..n in block raster order.
 
     The result matches the untiled one up to a few pixels where touching
     nuclei meet, as long as no nucleus, together with the watershed context
@@ -263,33 +263,33 @@ def _label_one_block(
         & (centroid_cols >= core_col0 - 0.5)
         & (centroid_cols < core_col1 - 0.5)
     )
-    kept = index[in_core]
-    if kept.size == 0:
+    core_ids = index[in_core]
+    if core_ids.size == 0:
         return next_id
 
-    _warn_cut_nuclei(labels, kept, canvas, (row0, row1, col0, col1))
+    _warn_cut_nuclei(labels, core_ids, canvas, (row0, row1, col0, col1))
 
-    # A nucleus whose pixels were mostly written already was kept by an
-    # earlier block, whose window saw it with a slightly different outline
-    # and so a centroid on the other side of the border; it is skipped here.
+    # A nucleus whose pixels are mostly written already was kept by an
+    # earlier block. That window saw a slightly different outline, which put
+    # the centroid on the other side of the border.
     target = np.asarray(out[row0:row1, col0:col1])
     free = target == 0
     areas = np.bincount(labels.ravel(), minlength=count + 1)
     free_areas = np.bincount(labels[free], minlength=count + 1)
-    kept = kept[2 * free_areas[kept] > areas[kept]]
+    core_ids = core_ids[2 * free_areas[core_ids] > areas[core_ids]]
 
     lookup = np.zeros(count + 1, dtype=np.uint32)
-    lookup[kept] = np.arange(next_id, next_id + kept.size, dtype=np.uint32)
+    lookup[core_ids] = np.arange(next_id, next_id + core_ids.size, dtype=np.uint32)
     new_ids = lookup[labels]
     writable = (new_ids != 0) & free
     target[writable] = new_ids[writable]
     out[row0:row1, col0:col1] = target
-    return next_id + kept.size
+    return next_id + core_ids.size
 
 
 def _warn_cut_nuclei(
     labels: np.ndarray,
-    kept: np.ndarray,
+    core_ids: np.ndarray,
     canvas: tuple[int, int],
     window: tuple[int, int, int, int],
 ) -> None:
@@ -307,7 +307,7 @@ def _warn_cut_nuclei(
         edges.append(labels[:, -1])
     if not edges:
         return
-    touching = np.intersect1d(np.concatenate(edges), kept)
+    touching = np.intersect1d(np.concatenate(edges), core_ids)
     if touching.size:
         log.warning(
             "%d nuclei in window rows %d:%d, cols %d:%d touch the window edge and may be cut; "

@@ -25,6 +25,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary = Path(temporary_name)
     try:
         yield temporary
+        # mkstemp creates the file readable by its owner only; give the result
+        # the permissions an ordinary new file gets under the current umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, final)
     except BaseException:
         temporary.unlink(missing_ok=True)

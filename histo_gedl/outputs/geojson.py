@@ -3,10 +3,10 @@
 Coordinate rule: pixel ``[row, col]`` of a label array covers the square
 ``col <= x < col + 1``, ``row <= y < row + 1`` in label pixels. A point
 ``(x, y)`` there maps to level-0 pixels as ``X = x * scale + offset_x`` and
-``Y = y * scale + offset_y``, where ``scale`` is the number of level-0 pixels
-per label pixel (for labels predicted at 0.5 µm/px on a 0.25 µm/px slide,
-``scale = 2``) and ``offset`` is the level-0 position of label pixel
-``[0, 0]``'s top-left corner.
+``Y = y * scale + offset_y``. Here ``scale`` is the number of level-0 pixels
+per label pixel, for example 2 for labels predicted at 0.5 µm/px on a
+0.25 µm/px slide. ``offset`` is the level-0 position of the top-left corner
+of label pixel ``[0, 0]``.
 
 Each outline is the 0.5 iso-line of the nucleus mask between pixel centres
 (:func:`skimage.measure.find_contours`). Its straight edges lie on pixel
@@ -96,9 +96,9 @@ def features_from_label_source(
     """Yield the features of a large label canvas, reading it block by block.
 
     Each ``block`` x ``block`` core is read with ``margin`` extra pixels on
-    every side, and a nucleus is emitted by the block whose core contains its
-    centroid, so it is emitted once and whole as long as it is narrower than
-    ``margin``. A nucleus that touches an inner window edge may be cut and is
+    every side. A nucleus is emitted by the block whose core contains its
+    centroid, so it is emitted once, and whole as long as it is narrower
+    than ``margin``. A nucleus that touches an inner window edge may be cut and is
     logged as a warning. Memory stays bounded by one window of labels.
 
     Args:

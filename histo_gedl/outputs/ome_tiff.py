@@ -1,8 +1,8 @@
 """Write class maps, instance labels and RGB images as tiled pyramidal OME-TIFF.
 
-The file holds level 0 in the first IFD and the reduced levels in its
-SubIFDs, the layout that QuPath, Bio-Formats and tifffile read as one
-pyramid. Each level is half the size of the one above (rounded up), reduced
+The file stores level 0 in the first IFD and the reduced levels in its
+SubIFDs, the pyramid layout of the OME-TIFF format, which tifffile reads as
+one series with several levels. Each level is half the size of the one above (rounded up), reduced
 by striding for labels so that ids stay exact, and by a 2 x 2 mean for images.
 
 Memory stays bounded by a strip of tile rows, not the image: level 0 is read
@@ -62,9 +62,9 @@ def write_pyramidal_ome_tiff(
     ceil(w_k / 2)``. Levels are added while the longer side of the last
     level is above ``min_level_size``, so the smallest level has a longer
     side of at most ``min_level_size`` (a level 0 that already fits gives a
-    single level). Labels are reduced as ``level[::2, ::2]``; images as the
-    rounded mean of each 2 x 2 block, with the last row or column repeated
-    when a side is odd.
+    single level). Labels are reduced as ``level[::2, ::2]``. Images are
+    reduced to the rounded mean of each 2 x 2 block, and the last row or
+    column is repeated when a side is odd.
 
     The OME metadata gives PhysicalSizeX and PhysicalSizeY in µm for level
     0, and the TIFF resolution tags of every level carry the same pixel size

@@ -8,9 +8,11 @@ so every backend only has to implement :meth:`SlideBackend.read_level`.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import re
+import threading
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -25,6 +27,17 @@ ASSOCIATED_IMAGE_NAMES = ("label", "macro", "thumbnail")
 #: (in µm/px, that is under 1270 dpi) is a screen or print default written by
 #: image editors, not a scanner's resolution, so it is ignored.
 MAX_PLAUSIBLE_TAG_MPP = 20.0
+
+#: Side in pixels of the blocks in which OpenSlide levels with a fractional
+#: downsample are read, and how many recently read blocks are kept
+#: (about 24 MiB at 512 pixels).
+OPENSLIDE_BLOCK_SIZE = 512
+OPENSLIDE_CACHED_BLOCKS = 32
+
+#: File formats that the Pillow backend opens. TIFF is left out so that a
+#: TIFF that tifffile rejects fails with tifffile's reason: Pillow 13 opens
+#: 16-bit RGB as 8-bit RGB by keeping the high byte, which turns 0-255 data black.
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
 _MICRONS_PER_UNIT = {
     "pm": 1e-6,
@@ -138,12 +151,55 @@ class OpenSlideBackend(SlideBackend):
             properties.get(openslide.PROPERTY_NAME_MPP_Y)
         )
         self.objective_power = _positive_float(properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+        if self.vendor == "generic-tiff" and self.mpp is not None and self.mpp > MAX_PLAUSIBLE_TAG_MPP:
+            # OpenSlide takes a generic TIFF's mpp from its resolution tags.
+            log.debug("ignoring TIFF resolution tags that give %.3g µm/px", self.mpp)
+            self.mpp = None
+        self._blocks: collections.OrderedDict[tuple[int, int, int], np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        downsample = self.level_downsamples[level]
+        if downsample == round(downsample):
+            return self._read(level, x, y, width, height)
+
         # OpenSlide takes the origin in level-0 pixels and divides it by the
-        # level's downsample. When that downsample is not an integer, the
-        # quotient has a fractional part below 0.5 / downsample pixel, and
-        # OpenSlide shifts the level's pixels by that fraction.
+        # level's downsample. When the downsample is not a whole number, the
+        # quotient has a fraction of up to 0.5 / downsample pixel, and
+        # OpenSlide shifts the level's pixels by that fraction. Reading in
+        # blocks on a fixed grid gives each pixel the same shift in every
+        # read, so overlapping reads agree.
+        size = OPENSLIDE_BLOCK_SIZE
+        pixels = np.empty((height, width, 3), dtype=np.uint8)
+        for block_y in range(y // size, (y + height - 1) // size + 1):
+            for block_x in range(x // size, (x + width - 1) // size + 1):
+                block = self._block(level, block_x, block_y)
+                left, top = max(x, block_x * size), max(y, block_y * size)
+                right = min(x + width, block_x * size + block.shape[1])
+                bottom = min(y + height, block_y * size + block.shape[0])
+                pixels[top - y : bottom - y, left - x : right - x] = block[
+                    top - block_y * size : bottom - block_y * size,
+                    left - block_x * size : right - block_x * size,
+                ]
+        return pixels
+
+    def _block(self, level: int, block_x: int, block_y: int) -> np.ndarray:
+        key = (level, block_x, block_y)
+        with self._lock:
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
+                return self._blocks[key]
+        size = OPENSLIDE_BLOCK_SIZE
+        level_width, level_height = self.level_dimensions[level]
+        x, y = block_x * size, block_y * size
+        block = self._read(level, x, y, min(size, level_width - x), min(size, level_height - y))
+        with self._lock:
+            self._blocks[key] = block
+            while len(self._blocks) > OPENSLIDE_CACHED_BLOCKS:
+                self._blocks.popitem(last=False)
+        return block
+
+    def _read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         downsample = self.level_downsamples[level]
         location = (round(x * downsample), round(y * downsample))
         region = self._slide.read_region(location, level, (width, height))
@@ -200,7 +256,7 @@ class TifffileBackend(SlideBackend):
             series for series in self._file.series if "Y" in series.axes and "X" in series.axes
         ]
         if not candidates:
-            raise ValueError("the file contains no image series with Y and X axes")
+            raise ValueError("no readable image series with Y and X axes was found")
 
         def area(series) -> int:
             shape = dict(zip(series.axes, series.shape))
@@ -269,7 +325,7 @@ class TifffileBackend(SlideBackend):
 
 
 class PillowBackend(SlideBackend):
-    """Single images through Pillow: PNG and JPEG tiles.
+    """Single images through Pillow: PNG, JPEG, BMP, GIF and WebP tiles.
 
     The whole image is decoded into memory when the file is opened. Resolution
     fields in PNG and JPEG files (dpi) are screen defaults in practice, so the
@@ -282,7 +338,7 @@ class PillowBackend(SlideBackend):
         super().__init__()
         from PIL import Image
 
-        with Image.open(path) as image:
+        with Image.open(path, formats=PILLOW_FORMATS) as image:
             image.load()
             if image.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"):
                 raise ValueError(

@@ -29,7 +29,7 @@ def antialias_sigma(factor: float) -> float:
     """Return the Gaussian sigma, in source pixels, for shrinking by ``factor``.
 
     This is ``max(0, (factor - 1) / 2)``, the default of
-    ``skimage.transform.resize`` with ``anti_aliasing=True``.
+    ``skimage.transform.resize`` with ``anti_aliasing=True`` (scikit-image 0.26).
     """
     return max(0.0, (factor - 1.0) / 2.0)
 

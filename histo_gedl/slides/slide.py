@@ -8,11 +8,12 @@ tiles cut on one grid agree with one large read.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,10 @@ def validate_mpp(value: object, name: str = "mpp") -> float:
 
 
 def _validate_size(size: Sequence[int], name: str = "size") -> tuple[int, int]:
+    try:
+        size = tuple(size)
+    except TypeError:
+        size = (size,)
     valid = (
         len(size) == 2
         and all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in size)
@@ -199,9 +204,9 @@ class Slide:
         """Read a rectangle of the slide at ``mpp`` micrometres per pixel.
 
         The region is read from the coarsest level whose mpp is at most
-        ``mpp`` (within a relative 1e-3) and resampled to ``mpp`` with a
-        Gaussian antialiasing blur and bilinear interpolation, computed on
-        the absolute pixel grid so that tiles on one grid equal the matching
+        ``mpp`` (within a relative 1e-3). It is resampled to ``mpp`` with a
+        Gaussian antialiasing blur and bilinear interpolation, both computed
+        on the absolute pixel grid, so tiles on one grid equal the matching
         parts of one large read. When ``mpp`` equals the level's mpp
         (relative 1e-6) and ``location`` is a whole multiple of the level's
         downsample, the level's pixels are copied without resampling. Output
@@ -312,7 +317,7 @@ class Slide:
         return window
 
     def close(self) -> None:
-        """Release the file; reads after this fail."""
+        """Release the file."""
         self._backend.close()
 
     def __enter__(self) -> Slide:
@@ -352,6 +357,29 @@ def _is_ome_pyramid(path: Path) -> bool:
         return False
 
 
+def _open_backend(path: Path) -> tuple[SlideBackend | None, list[str]]:
+    """Return the first backend that reads ``path`` (or None), and each failed backend's error."""
+    order = ["openslide", "tifffile", "pillow"]
+    if _is_ome_pyramid(path):
+        order = ["tifffile", "openslide", "pillow"]
+    failures = []
+    for name in order:
+        backend = None
+        try:
+            backend = _BACKENDS[name](path)
+            _probe(backend)
+        except Exception as error:  # noqa: BLE001 - each library has its own errors; all are reported.
+            if backend is not None:
+                backend.close()
+            message = str(error).strip() or type(error).__name__
+            failures.append(f"{name}: {message}")
+            log.debug("%s: %s cannot read it: %r", path, name, error)
+            continue
+        log.debug("%s: opened with %s", path, name)
+        return backend, failures
+    return None, failures
+
+
 def _probe(backend: SlideBackend) -> None:
     """Decode the bottom-right pixel of every level, which is stored last in most files."""
     for level, (width, height) in enumerate(backend.level_dimensions):
@@ -360,12 +388,41 @@ def _probe(backend: SlideBackend) -> None:
         backend.read_level(level, width - 1, height - 1, 1, 1)
 
 
+class _ForwardAsDebug(logging.Handler):
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("%s: %s: %s", self.path, record.name, record.getMessage())
+
+
+@contextlib.contextmanager
+def _tifffile_log_as_debug(path: Path) -> Iterator[None]:
+    """Turn tifffile's log records into debug records of this module while the block runs.
+
+    tifffile logs warnings and errors about damaged files as it parses
+    them. open_slide reports each backend's failure in its exception, so
+    on the command line those records would repeat it on extra lines.
+    """
+    tifffile_log = logging.getLogger("tifffile")
+    handler = _ForwardAsDebug(path)
+    propagate = tifffile_log.propagate
+    tifffile_log.addHandler(handler)
+    tifffile_log.propagate = False
+    try:
+        yield
+    finally:
+        tifffile_log.removeHandler(handler)
+        tifffile_log.propagate = propagate
+
+
 def open_slide(path: str | os.PathLike[str], slide_mpp: float | None = None) -> Slide:
     """Open a slide file with the first backend that reads it.
 
     The backends are tried in the order OpenSlide, tifffile, Pillow, except
     that OME-TIFF files with SubIFD pyramid levels go to tifffile first,
-    because OpenSlide sees only their first level. A backend counts as
+    because OpenSlide reads only their first level. A backend counts as
     working when it opens the file and decodes the bottom-right pixel of
     every level.
 
@@ -387,23 +444,9 @@ def open_slide(path: str | os.PathLike[str], slide_mpp: float | None = None) -> 
         slide_mpp = validate_mpp(slide_mpp, name="slide_mpp")
     _check_path(path)
 
-    order = ["openslide", "tifffile", "pillow"]
-    if _is_ome_pyramid(path):
-        order = ["tifffile", "openslide", "pillow"]
-    failures = []
-    for name in order:
-        backend = None
-        try:
-            backend = _BACKENDS[name](path)
-            _probe(backend)
-        except Exception as error:  # noqa: BLE001 - each library has its own errors; all are reported.
-            if backend is not None:
-                backend.close()
-            message = str(error).strip() or type(error).__name__
-            failures.append(f"{name}: {message}")
-            log.debug("%s: %s cannot read it: %r", path, name, error)
-            continue
-        log.debug("%s: opened with %s", path, name)
+    with _tifffile_log_as_debug(path):
+        backend, failures = _open_backend(path)
+    if backend is not None:
         return Slide(path, backend, slide_mpp)
     raise SlideReadError(
         f"cannot read {path} as a slide; tried " + "; ".join(failures) + ". Check that the "

@@ -1,10 +1,10 @@
 """Plan a grid of tiles over a slide and write them to a folder.
 
 The grid lives at the target resolution: tile ``(col, row)`` origins are
-whole multiples of the stride in target pixels, so the tiles are exactly the
-parts of one large :meth:`~histo_gedl.slides.slide.Slide.read_region` at the
-same mpp. The last row and column reach past the slide's edge, and
-``read_region`` pads that part with white.
+whole multiples of the stride in target pixels, so the tiles match the parts
+of one large :meth:`~histo_gedl.slides.slide.Slide.read_region` at the same
+mpp: pixel for pixel where nothing is resampled, within 1 grey level otherwise. The last row and column reach past the slide's edge unless the
+grid fits exactly, and ``read_region`` pads that part with white.
 """
 
 from __future__ import annotations
@@ -63,7 +63,14 @@ class TilePlan:
         return slide.read_region(self.location, self.size, self.mpp)
 
 
-def _validate_tiling(tile_size: object, overlap: object, min_tissue_fraction: object) -> None:
+def validate_tiling(tile_size: object, overlap: object, min_tissue_fraction: object = 0.0) -> None:
+    """Check the grid parameters of :func:`plan_tiles`.
+
+    Raises:
+        InvalidParameterError: ``tile_size`` is not a whole number above 0,
+            ``overlap`` is not a whole number from 0 to ``tile_size - 1``, or
+            ``min_tissue_fraction`` is not from 0 to 1.
+    """
     whole = isinstance(tile_size, (int, np.integer)) and not isinstance(tile_size, bool)
     if not whole or tile_size < 1:
         raise InvalidParameterError(
@@ -106,8 +113,8 @@ def plan_tiles(
     """Plan a grid of square tiles at ``mpp`` over the whole slide.
 
     Tiles advance by ``tile_size - overlap`` target pixels, row by row. Tiles
-    in the last row and column reach past the slide's edge, and reading
-    them pads that part with white. With a ``tissue`` mask, a tile is kept
+    in the last row and column reach past the slide's edge unless the grid
+    fits exactly, and reading them pads that part with white. With a ``tissue`` mask, a tile is kept
     when its tissue fraction is above 0 and at least ``min_tissue_fraction``;
     without one, every tile is kept.
 
@@ -129,7 +136,7 @@ def plan_tiles(
         MissingMppError: The slide's mpp is unknown.
     """
     mpp = validate_mpp(mpp)
-    _validate_tiling(tile_size, overlap, min_tissue_fraction)
+    validate_tiling(tile_size, overlap, min_tissue_fraction)
     if min_tissue_fraction > 0 and tissue is None:
         raise InvalidParameterError(
             f"minimum tissue fraction {min_tissue_fraction} needs a tissue mask; "
@@ -174,6 +181,23 @@ def tile_file_name(plan: TilePlan) -> str:
     return f"tile_row{plan.row:06d}_col{plan.col:06d}.png"
 
 
+def check_output_folder(out_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Check that :func:`write_tiles` may write to ``out_dir``.
+
+    Raises:
+        InvalidParameterError: ``out_dir`` is a file, or a folder that is not
+            empty while ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidParameterError(f"output folder {out_dir} is a file; choose another output path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InvalidParameterError(
+            f"output folder {out_dir} already exists and is not empty; choose another folder "
+            "or pass overwrite=True (--overwrite on the command line) to replace it"
+        )
+
+
 def write_tiles(
     slide: Slide,
     plans: Sequence[TilePlan],
@@ -187,7 +211,7 @@ def write_tiles(
     ``out_dir`` gets ``tiles/*.png``, ``manifest.json`` (the slide, and per
     tile its file, level-0 position, size, mpp and tissue fraction) and
     ``thumbnail.png`` with each tile's outline. Everything is written into a
-    temporary sibling folder that is renamed to ``out_dir`` when complete; on
+    temporary sibling folder that is renamed to ``out_dir`` when complete. On
     any error the temporary folder is removed and ``out_dir`` is unchanged.
 
     Args:
@@ -207,13 +231,7 @@ def write_tiles(
         SlideReadError: Reading a tile failed.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidParameterError(f"output folder {out_dir} is a file; choose another --out path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InvalidParameterError(
-            f"output folder {out_dir} already exists and is not empty; choose another folder "
-            "or pass overwrite=True (--overwrite on the command line) to replace it"
-        )
+    check_output_folder(out_dir, overwrite)
     if progress is None:
         progress = sys.stderr.isatty()
 

@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 #: Tissue methods that :func:`detect_tissue` accepts.
 TISSUE_METHODS = ("otsu",)
 
-#: Saturation (0 to 1) below which a pixel is never tissue. Glass scanned
-#: with JPEG compression stays under about 0.05.
+#: Saturation (0 to 1) below which a pixel is never tissue. The glass of
+#: the CMU-1 sample region measures under 0.02 after the blur below.
 MIN_SATURATION = 0.07
 
-#: Saturation above which a pixel is always tissue, even when Otsu's
-#: threshold is higher because the whole image is tissue.
+#: Saturation above which a pixel is always tissue before the morphology
+#: steps, even when Otsu's threshold is higher because the whole image is tissue.
 MAX_SATURATION_THRESHOLD = 0.15
 
 #: Tissue pieces and holes smaller than this (in µm²) are removed or filled.
@@ -102,8 +102,8 @@ def detect_tissue(slide: Slide, mpp: float = 8.0, method: str = "otsu") -> Tissu
     The slide is read at ``mpp``, or finer for small images so that the
     mask has at least 256 pixels along the longer side (never finer than
     level 0). Pixels whose saturation is above Otsu's threshold, clamped to
-    0.07 to 0.15, are tissue; then pieces under 2500 µm² are removed, gaps
-    are closed with a 16 µm disk, and holes under 10000 µm² are filled.
+    0.07 to 0.15, are tissue. Then gaps are closed with a 16 µm disk, pieces
+    under 2500 µm² are removed, and holes under 10000 µm² are filled.
 
     Args:
         slide: An open slide with a known mpp.
@@ -133,8 +133,8 @@ def detect_tissue(slide: Slide, mpp: float = 8.0, method: str = "otsu") -> Tissu
 
     mask = _threshold_saturation(image)
     pixel_area = mask_mpp**2
-    mask = _remove_small_components(mask, MIN_OBJECT_AREA_UM2 / pixel_area)
     mask = _close(mask, radius=max(1, round(CLOSING_RADIUS_UM / mask_mpp)))
+    mask = _remove_small_components(mask, MIN_OBJECT_AREA_UM2 / pixel_area)
     mask = ~_remove_small_components(~mask, MAX_HOLE_AREA_UM2 / pixel_area)
     log.info("%s: tissue covers %.1f%% of the mask at %.3g µm/px", slide.path, 100 * mask.mean(), mask_mpp)
     return TissueMask(mask=mask, mpp=mask_mpp, downsample=downsample)

@@ -101,7 +101,7 @@ def predict_tile(model: SegmentationModel, image: np.ndarray) -> np.ndarray:
 
 
 def validate(model: SegmentationModel, tiles: list[LabelledTile]) -> dict:
-    """Return validation metrics averaged over tiles: foreground Dice, and AJI where instances exist."""
+    """Return validation metrics averaged over tiles: foreground Dice, and AJI and PQ where instances exist."""
     from histo_gedl.training.evaluate import score_prediction
 
     was_training = model.training
@@ -112,6 +112,9 @@ def validate(model: SegmentationModel, tiles: list[LabelledTile]) -> dict:
     ajis = [s["aji"] for s in scores if "aji" in s]
     if ajis:
         result["aji"] = float(np.mean(ajis))
+    pqs = [s["pq"] for s in scores if "pq" in s]
+    if pqs:
+        result["pq"] = float(np.mean(pqs))
     return result
 
 

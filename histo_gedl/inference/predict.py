@@ -1,0 +1,81 @@
+"""Running a model on batches of tiles, with optional test-time augmentation."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from histo_gedl.errors import InvalidParameterError
+from histo_gedl.models.unet import SegmentationModel
+
+TTA_MODES = ("none", "rot90", "dihedral")
+
+
+class TilePredictor(Protocol):
+    """What the stitching engine needs from a predictor.
+
+    ``__call__`` maps RGB tiles (B, H, W, 3) uint8 to per-pixel class scores
+    (B, C, H, W) float32. ``stride`` is the size multiple it needs, and
+    ``receptive_field`` the number of pixels of context on each side that
+    fully determines one output pixel.
+    """
+
+    classes: tuple[str, ...]
+    stride: int
+    receptive_field: int
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray: ...
+
+
+class ModelPredictor:
+    """Class probabilities of a :class:`SegmentationModel` for batches of RGB tiles.
+
+    Args:
+        model: the model, put in evaluation mode.
+        tta: "none"; "rot90" averages the four quarter turns; "dihedral"
+            averages all eight quarter turns and flips. For a model that is
+            exactly invariant to these, TTA changes nothing but costs time.
+        device: torch device name, e.g. "cpu" or "cuda".
+    """
+
+    def __init__(self, model: SegmentationModel, tta: str = "none", device: str = "cpu") -> None:
+        if tta not in TTA_MODES:
+            raise InvalidParameterError(f"unknown TTA mode {tta!r}; use one of {', '.join(TTA_MODES)}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidParameterError(
+                f"device {device!r} requested but CUDA is not available in this torch build "
+                f"({torch.__version__}); use --device cpu or install a CUDA build of torch"
+            )
+        self.model = model.eval().to(device)
+        self.device = device
+        self.tta = tta
+        self.classes = tuple(model.config.classes)
+        self.stride = model.config.total_stride
+        self.receptive_field = model.config.receptive_field_radius()
+
+    def _transforms(self) -> list[tuple[int, bool]]:
+        turns = [0] if self.tta == "none" else [0, 1, 2, 3]
+        flips = [False, True] if self.tta == "dihedral" else [False]
+        return [(k, flip) for flip in flips for k in turns]
+
+    @torch.no_grad()
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+            raise InvalidParameterError(
+                f"expected RGB tiles (B, H, W, 3) uint8, got {tiles.shape} {tiles.dtype}"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float() / 255.0
+        total = None
+        transforms = self._transforms()
+        for turns, flip in transforms:
+            view = torch.flip(x, dims=(-1,)) if flip else x
+            view = torch.rot90(view, turns, dims=(-2, -1))
+            probabilities = torch.softmax(self.model(view), dim=1)
+            probabilities = torch.rot90(probabilities, -turns, dims=(-2, -1))
+            if flip:
+                probabilities = torch.flip(probabilities, dims=(-1,))
+            total = probabilities if total is None else total + probabilities
+        return (total / len(transforms)).float().cpu().numpy()
