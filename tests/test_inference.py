@@ -245,3 +245,18 @@ def test_finished_outputs_need_overwrite(tmp_path, cmu_crop, tiny_model, capsys)
     assert "--overwrite" in out
     assert _infer([*args, "--resume"], capsys)[0] == 0
     assert _infer([*args, "--overwrite"], capsys)[0] == 0
+
+
+def test_stain_normalising_model_runs(tmp_path, cmu_crop, capsys):
+    from histo_gedl.training.stain import lab_statistics
+
+    target = lab_statistics(cmu_crop).to_dict()
+    model = build_model(ModelConfig(kind="regular", group="C4", width=1, depth=2),
+                        ModelMetadata(name="tiny-stain", mpp=0.5,
+                                      extra={"stain_normalisation": {"method": "reinhard", "target": target}}))
+    model_path = save_model(model.eval(), tmp_path / "stain.safetensors")
+    good = _write_tiff(tmp_path / "good.tif", cmu_crop, 0.499)
+    code, out, _ = _infer([str(good), "--out", str(tmp_path / "out"), "--model", str(model_path)], capsys)
+    assert code == 0, out
+    summary = json.loads((tmp_path / "out" / "good" / "summary.json").read_text())
+    assert summary["model"]["stain_normalisation"]["method"] == "reinhard"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -141,3 +142,28 @@ def test_matched_plain_width_is_close():
     width = matched_plain_width(config, target)
     plain = build_model(ModelConfig(kind="plain", width=width, depth=3))
     assert abs(count_parameters(plain) - target) / target < 0.1
+
+
+def test_orientation_map_turns_with_input():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="regular", group="C4", width=2, depth=2)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        logits, angle = model.forward_with_orientation(x)
+        logits_turned, angle_turned = model.forward_with_orientation(torch.rot90(x, 1, dims=(-2, -1)))
+    torch.testing.assert_close(logits_turned, torch.rot90(logits, 1, dims=(-2, -1)), rtol=0, atol=1e-4)
+    expected = torch.rot90(angle, 1, dims=(-2, -1)) + math.pi / 2
+    difference = torch.remainder(angle_turned - expected + math.pi, 2 * math.pi) - math.pi
+    # Where all orientations respond equally (e.g. all zero after ReLU) the angle is undefined.
+    with torch.no_grad():
+        features = model.net.features((x - model.mean) / model.std).sum(dim=1)[0]
+    spread = torch.rot90(features.amax(dim=0) - features.amin(dim=0), 1, dims=(-2, -1))
+    defined = spread > 1e-3
+    assert defined.float().mean() > 0.9
+    assert difference[0][defined].abs().max() < 1e-3
+
+
+def test_orientation_map_needs_cyclic_regular_model():
+    model = build_model(ModelConfig(kind="plain", width=2, depth=2))
+    with pytest.raises(InvalidParameterError, match="no orientation output"):
+        model.forward_with_orientation(torch.rand(1, 3, 8, 8))

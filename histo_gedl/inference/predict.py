@@ -14,7 +14,7 @@ TTA_MODES = ("none", "rot90", "dihedral")
 
 
 class TilePredictor(Protocol):
-    """What the stitching engine needs from a predictor.
+    """Interface that the stitching engine requires of a predictor.
 
     ``__call__`` maps RGB tiles (B, H, W, 3) uint8 to per-pixel class scores
     (B, C, H, W) float32. ``stride`` is the size multiple it needs, and

@@ -106,12 +106,12 @@ def prepare_output_dir(out_dir: Path, name: str, resume: bool, overwrite: bool) 
         if resume:
             return slide_dir, True
         raise HistoGedlError(
-            f"{slide_dir} already holds finished outputs; pass --overwrite to replace them "
+            f"{slide_dir} already contains finished outputs; pass --overwrite to replace them "
             "or --resume to skip finished slides"
         )
     if (slide_dir / PARTIAL_DIR).exists() and not resume:
         raise HistoGedlError(
-            f"{slide_dir} holds an interrupted run; pass --resume to continue it or --overwrite to start over"
+            f"{slide_dir} contains an interrupted run; pass --resume to continue it or --overwrite to start over"
         )
     try:
         (slide_dir / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
@@ -154,9 +154,27 @@ def make_plan(slide, predictor: TilePredictor, model_mpp: float, options: Infere
     return plan, facts
 
 
+def stain_transform(slide, stain: dict | None):
+    """Return a function that normalises tiles of ``slide`` as the model was trained, or None.
+
+    The slide's colour statistics come from its thumbnail, so every tile
+    gets the same colour map and stitching stays independent of the tiling.
+    """
+    if not stain:
+        return None
+    from histo_gedl.training.stain import LabStatistics, lab_statistics, reinhard_normalise
+
+    source = lab_statistics(slide.get_thumbnail(1024))
+    target = LabStatistics.from_dict(stain["target"])
+    return lambda image: reinhard_normalise(image, source, target)
+
+
 def predict_tiles(slide, plan: InferencePlan, predictor: TilePredictor, canvas: ProbabilityCanvas,
-                  done_path: Path, batch_size: int) -> dict:
-    """Read, predict and stitch every tile not yet listed in ``done_path``; return stage times."""
+                  done_path: Path, batch_size: int, transform=None) -> dict:
+    """Read, predict and stitch every tile not yet listed in ``done_path``; return stage times.
+
+    ``transform``, when given, maps each RGB tile (H, W, 3) uint8 before prediction.
+    """
     done = set(json.loads(done_path.read_text())) if done_path.exists() else set()
     todo = [tile for tile in plan.tiles if tile.index not in done]
     times = {"read_seconds": 0.0, "predict_seconds": 0.0, "stitch_seconds": 0.0}
@@ -168,6 +186,8 @@ def predict_tiles(slide, plan: InferencePlan, predictor: TilePredictor, canvas: 
         batch = todo[start : start + batch_size]
         began = time.perf_counter()
         images = np.stack([slide.read_region(plan.location(t), size, plan.read_mpp) for t in batch])
+        if transform is not None:
+            images = np.stack([transform(image) for image in images])
         read_done = time.perf_counter()
         predictions = predictor(images)
         predict_done = time.perf_counter()
@@ -290,7 +310,7 @@ def infer_slide(slide_path: str | Path, out_dir: str | Path, predictor: TilePred
             saved = json.loads(plan_path.read_text())
             if saved["run"] != run_key:
                 raise HistoGedlError(
-                    f"{slide_dir} holds an interrupted run with other settings ({saved['run']}); "
+                    f"{slide_dir} contains an interrupted run with other settings ({saved['run']}); "
                     "pass --overwrite to start over with the new ones"
                 )
             if options.stitch == "gaussian":
@@ -315,7 +335,10 @@ def infer_slide(slide_path: str | Path, out_dir: str | Path, predictor: TilePred
             _write_json(plan_path, {"run": run_key, "plan": plan.to_dict(), "facts": facts})
 
         began = time.perf_counter()
-        stage_seconds.update(predict_tiles(slide, plan, predictor, canvas, work_dir / "done.json", options.batch_size))
+        transform = stain_transform(slide, model_info.get("stain_normalisation"))
+        stage_seconds.update(
+            predict_tiles(slide, plan, predictor, canvas, work_dir / "done.json", options.batch_size, transform)
+        )
         stage_seconds["predict_total"] = time.perf_counter() - began
 
         began = time.perf_counter()

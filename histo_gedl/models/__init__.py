@@ -1,6 +1,7 @@
 """Segmentation models: configuration, U-Nets, saving and loading."""
 
 from histo_gedl.models.config import DEFAULT_CLASSES, ModelConfig, ModelMetadata
+from histo_gedl.models.export import export_onnx, export_torch
 from histo_gedl.models.io import (
     DEFAULT_MODEL,
     file_sha256,
@@ -19,6 +20,8 @@ from histo_gedl.models.unet import (
 
 __all__ = [
     "DEFAULT_MODEL",
+    "export_onnx",
+    "export_torch",
     "file_sha256",
     "load_model",
     "read_model_header",

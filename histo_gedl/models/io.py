@@ -1,7 +1,7 @@
 """Save and load models as one safetensors file: weights plus JSON metadata.
 
 Loading parses the safetensors header and tensors only, so no code from the
-file is executed. The header's metadata holds ``histo_gedl.format``,
+file is executed. The header's metadata contains ``histo_gedl.format``,
 ``histo_gedl.config`` (the architecture) and ``histo_gedl.metadata`` (mpp,
 normalisation, classes, training data and its licence, metrics).
 """

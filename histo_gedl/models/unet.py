@@ -23,6 +23,7 @@ from histo_gedl.layers import (
     GroupMaxPool2d,
     LiftingConv2d,
     OrientationPool,
+    dominant_orientation,
     upsample_regular,
 )
 from histo_gedl.models.config import ModelConfig, ModelMetadata
@@ -82,6 +83,19 @@ class RegularUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.orientation_pool(self.features(x)))
+
+    def forward_with_orientation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return logits (B, classes, H, W) and a dominant-orientation map (B, H, W) in radians.
+
+        The orientation is :func:`~histo_gedl.layers.dominant_orientation` of
+        the last features summed over channels. For C<N> it rotates with the
+        input: turning the input by ``g`` moves the map and adds the angle of
+        ``g``. Groups with reflections have no such map.
+        """
+        features = self.features(x)
+        logits = self.head(self.orientation_pool(features))
+        angle = dominant_orientation(features.sum(dim=1, keepdim=True), self.group)[:, 0]
+        return logits, angle
 
 
 class _PlainStage(nn.Sequential):
@@ -149,8 +163,13 @@ class SegmentationModel(nn.Module):
         elif config.kind == "plain":
             self.net = PlainUNet(config)
         else:
-            from histo_gedl.models.steerable_unet import SteerableUNet
-
+            try:
+                from histo_gedl.models.steerable_unet import SteerableUNet
+            except ImportError as error:
+                raise InvalidParameterError(
+                    f"steerable models need escnn, which failed to import ({error}); install it with "
+                    "pip install --no-deps escnn==1.0.11"
+                ) from error
             self.net = SteerableUNet(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +184,14 @@ class SegmentationModel(nn.Module):
                 f"(depth {self.config.depth}), got {tuple(x.shape[-2:])}; pad or crop the input"
             )
         return self.net((x - self.mean) / self.std)
+
+    def forward_with_orientation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return logits and the dominant-orientation map (B, H, W); regular C<N> models only."""
+        if not hasattr(self.net, "forward_with_orientation"):
+            raise InvalidParameterError(
+                f"a {self.config.kind} model has no orientation output; use a regular C<N> model"
+            )
+        return self.net.forward_with_orientation((x - self.mean) / self.std)
 
 
 def build_model(config: ModelConfig, metadata: ModelMetadata | None = None) -> SegmentationModel:

@@ -18,11 +18,12 @@ from histo_gedl.errors import InvalidParameterError
 from histo_gedl.models.config import ModelConfig
 
 FREEZE_CHOICES = ("none", "encoder", "all_but_head")
+STAIN_CHOICES = ("none", "reinhard")
 
 
 @dataclass
 class DataConfig:
-    """Where the labelled tiles are and what they are.
+    """Location and description of the labelled tiles.
 
     Attributes:
         images: folder of images.
@@ -63,10 +64,17 @@ class TrainConfig:
     threads: int = 0
     arbitrary_rotation: bool = False
     freeze: str = "none"
+    #: "reinhard" maps every tile's colours to the training set's CIELAB
+    #: statistics; the model then does the same to each slide at inference.
+    stain_normalisation: str = "none"
     #: Stop early once this much wall time (seconds) has passed; 0 means no limit.
     time_limit: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.stain_normalisation not in STAIN_CHOICES:
+            raise InvalidParameterError(
+                f"stain_normalisation must be one of {STAIN_CHOICES}, got {self.stain_normalisation!r}"
+            )
         if self.freeze not in FREEZE_CHOICES:
             raise InvalidParameterError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
         stride = self.model.total_stride

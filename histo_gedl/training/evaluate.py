@@ -16,6 +16,7 @@ from scipy import ndimage
 from histo_gedl import metrics
 from histo_gedl.inference.postprocess import instances_from_probabilities
 from histo_gedl.models.unet import SegmentationModel
+from histo_gedl.training.stain import LabStatistics, lab_statistics, reinhard_normalise
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,14 @@ def evaluate_model(
     model.eval()
     target_mpp = model.metadata.mpp
     tiles = load_labelled_tiles(images, labels, target_mpp, mpp if mpp is not None else target_mpp, names)
+    stain = model.metadata.extra.get("stain_normalisation")
     per_tile = {}
     for tile in tiles:
-        image, instances = rotate_pair(tile.image, tile.instances, rotate_degrees)
+        image = tile.image
+        if stain:
+            target = LabStatistics.from_dict(stain["target"])
+            image = reinhard_normalise(image, lab_statistics(image), target)
+        image, instances = rotate_pair(image, tile.instances, rotate_degrees)
         per_tile[tile.name] = score_prediction(predict_tile(model, image), instances, tile.has_instances)
         log.info("%s: %s", tile.name, per_tile[tile.name])
     keys = sorted({key for scores in per_tile.values() for key in scores})

@@ -30,6 +30,7 @@ from histo_gedl.models.unet import SegmentationModel
 from histo_gedl.training.augment import training_augmentation
 from histo_gedl.training.config import TrainConfig
 from histo_gedl.training.data import LabelledTile, load_labelled_tiles
+from histo_gedl.training.stain import lab_statistics, reinhard_normalise
 from histo_gedl.training.targets import three_class_target
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ BEST_NAME = "best.safetensors"
 
 @dataclass
 class TrainResult:
-    """Where a finished run left its files and how it ended."""
+    """Output files and outcome of a finished run."""
 
     output_dir: Path
     best_model: Path
@@ -172,14 +173,19 @@ def _plot_curves(history: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def train(config: TrainConfig, resume: bool = False, init_from: str | None = None) -> TrainResult:
-    """Train a model as ``config`` says; fine-tune when ``init_from`` names a model.
+def train(
+    config: TrainConfig, resume: bool = False, init_from: str | None = None, stop_at: int | None = None
+) -> TrainResult:
+    """Train a model with the settings in ``config``; fine-tune when ``init_from`` names a model.
 
     Args:
         config: the run's settings.
         resume: continue from ``output_dir/checkpoint.pt`` instead of starting over.
         init_from: a model name or file to start from (fine-tuning). Its
             architecture, normalisation and classes are kept.
+        stop_at: stop after this step with a checkpoint, keeping the
+            schedule of the full run, so that a long run can be split into
+            sessions and continued with ``resume=True``.
     """
     from monai.losses import DiceCELoss
 
@@ -194,12 +200,19 @@ def train(config: TrainConfig, resume: bool = False, init_from: str | None = Non
         )
     if not resume and checkpoint_path.exists():
         raise InvalidParameterError(
-            f"{output_dir} already holds a run; pass --resume to continue it or choose another output_dir"
+            f"{output_dir} already contains a run; pass --resume to continue it or choose another output_dir"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    tiles = load_labelled_tiles(config.data.images, config.data.labels, config.mpp, config.data.mpp)
+    # With an explicit training list, only the listed tiles need labels.
+    names = (config.data.train + config.data.validation) if config.data.train else None
+    tiles = load_labelled_tiles(config.data.images, config.data.labels, config.mpp, config.data.mpp, names)
     training, validation = _split(config, tiles)
+    stain_target = None
+    if config.stain_normalisation == "reinhard":
+        stain_target = lab_statistics([t.image for t in training])
+        for tile in training + validation:
+            tile.image = reinhard_normalise(tile.image, lab_statistics(tile.image), stain_target)
     targets = [three_class_target(t.instances) for t in training]
     log.info("%d training and %d validation tiles at %.3f mpp", len(training), len(validation), config.mpp)
 
@@ -218,6 +231,11 @@ def train(config: TrainConfig, resume: bool = False, init_from: str | None = Non
     model.metadata.mpp = config.mpp
     model.metadata.training_data = config.data.description
     model.metadata.training_data_licence = config.data.licence
+    if stain_target is not None:
+        model.metadata.extra = dict(
+            model.metadata.extra,
+            stain_normalisation={"method": "reinhard", "target": stain_target.to_dict()},
+        )
     _freeze(model, config.freeze)
     model.train()
 
@@ -256,12 +274,13 @@ def train(config: TrainConfig, resume: bool = False, init_from: str | None = Non
         history["loss"].append(loss.item())
         done = step + 1
         out_of_time = config.time_limit and time.monotonic() - started > config.time_limit
-        if done % config.validate_every == 0 or done == config.steps or out_of_time:
+        stopping = out_of_time or done == stop_at
+        if done % config.validate_every == 0 or done == config.steps or stopping:
             metrics = validate(model, validation) if validation else {"dice": float("nan")}
             history["validation_steps"].append(done)
             history["validation"].append(metrics)
             history["seconds"] = time.monotonic() - started
-            progress.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
+            progress.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
             log.info("step %d loss %.4f validation %s", done, float(loss), metrics)
             if not validation or metrics["dice"] > best_dice:
                 best_dice = metrics["dice"]
@@ -275,6 +294,7 @@ def train(config: TrainConfig, resume: bool = False, init_from: str | None = Non
             _plot_curves(history, output_dir / "curves.png")
         if out_of_time:
             log.warning("stopping at step %d: time limit of %.0f s reached", done, config.time_limit)
+        if stopping:
             break
     progress.close()
     best = max(history["validation"], key=lambda v: v.get("dice", -1.0), default={})
