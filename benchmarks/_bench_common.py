@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts in this folder.
 
 The scripts import this module by name, which works because Python puts a
-script's own folder first on ``sys.path``. It holds the options every script
+script's own folder first on ``sys.path``. It contains the options every script
 takes (``--quick``, ``--device``, ``--threads``), the header that records
 date, versions and hardware, markdown tables, worker subprocesses with their
 peak resident memory, a writer of tiled pyramidal TIFF slides, and the
@@ -187,7 +187,7 @@ def run_worker(script: Path, worker_args: Sequence[str], threads: int) -> tuple[
     The worker writes its result to the file named by ``--result``.
 
     Raises:
-        RuntimeError: the worker exited with an error; the message holds the end of its output.
+        RuntimeError: the worker exited with an error; the message contains the end of its output.
     """
     with tempfile.TemporaryDirectory(prefix="histo-gedl-bench-") as folder:
         result_path = Path(folder) / "result.json"
@@ -220,7 +220,7 @@ def prepare_model(model: str | None, folder: Path, width: int = 3, depth: int = 
 
     ``None`` means the shipped model when it exists, else an untrained
     regular C8 U-Net of ``width`` and ``depth`` written to ``folder``. The
-    label says which, so that a table never passes off random weights as a
+    label names which, so that a table never passes off random weights as a
     trained model.
     """
     from histo_gedl.errors import ModelFileError
@@ -285,8 +285,8 @@ def write_pyramidal_tiff(
         path: output file.
         width, height: size of level 0 in pixels.
         read_level: ``read_level(level, x, y, w, h)`` returns uint8 RGB (h, w, 3)
-            for that rectangle of the level, in the level's pixels; pixels
-            past the level's edge may hold anything.
+            for that rectangle of the level, in the level's pixels. Pixels
+            past the level's edge may have any value.
         levels: number of levels to write (see :func:`pyramid_sizes`).
         mpp: micrometres per pixel of level 0.
         tile: tile width and height in pixels, a multiple of 16.

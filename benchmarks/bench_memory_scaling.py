@@ -1,12 +1,13 @@
 """Check that ``histo-gedl infer`` keeps its memory flat and its time linear in tissue area as slides grow.
 
-The script writes a large synthetic slide once: the sample slide's pixels,
-mirrored at their edges and repeated to ``--size`` x ``--size`` pixels, as
-a tiled pyramidal TIFF (256 px JPEG tiles, levels halved down to at most
-1024 px, mpp in the resolution tags) that OpenSlide reads as a generic tiled
-TIFF. It is written tile by tile, so writing needs memory for the sample
-only. Then ``histo-gedl infer`` runs in a new process on the sample slide
-and on the large one. The peak resident set size of each process comes from
+The script writes a large synthetic slide once. It contains the sample
+slide's pixels, mirrored at their edges and repeated to ``--size`` x
+``--size`` pixels. The file is a tiled pyramidal TIFF with 256 px tiles
+(JPEG by default), levels halved down to at most 1024 px and the mpp in the
+resolution tags, which OpenSlide reads as a generic tiled TIFF. It is
+written tile by tile, so writing needs memory for the sample only. Then
+``histo-gedl infer`` runs in a new process on the sample slide and on the
+large one. The peak resident set size of each process comes from
 ``os.wait4``. Both use the same model, which by default is an untrained
 (random weights) C8 U-Net of width 1 and depth 3: its depth and kernel, and
 so its halo and tile grid, are those of the shipped architecture, with far

@@ -274,6 +274,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         "kind": model.config.kind,
         "group": model.config.group,
         "stain_normalisation": model.metadata.extra.get("stain_normalisation"),
+        "postprocess": model.metadata.extra.get("postprocess", {}),
     }
     options = InferenceOptions(
         tile_size=args.tile_size, batch_size=args.batch_size, stitch=args.stitch, resume=args.resume,

@@ -315,3 +315,36 @@ def test_unknown_stain_option_rejected(tmp_path, monuseg_dir):
     config_path = _config_file(tmp_path, monuseg_dir, steps=2, stain_normalisation="macenko")
     with pytest.raises(InvalidParameterError, match="stain_normalisation"):
         load_train_config(config_path)
+
+
+def test_tuned_postprocess_beats_or_matches_default(monuseg_dir):
+    from histo_gedl.training.evaluate import MIN_NUCLEUS_AREA
+    from histo_gedl.training.tune import tune_postprocess
+
+    tile = load_labelled_tiles(monuseg_dir / "images", [monuseg_dir / "instance_masks"], 0.5,
+                               monuseg_dir / "mpp.csv", names=[TILE])[0]
+    tile.image = tile.image[:128, :128]
+    tile.instances = tile.instances[:128, :128]
+
+    class Oracle(torch.nn.Module):
+        """Returns the labels' own target, blurred, as if a model had predicted it."""
+
+        def __init__(self):
+            super().__init__()
+            self.config = ModelConfig(kind="plain", width=1, depth=2)
+
+        def forward(self, x):
+            target = torch.from_numpy(three_class_target(tile.instances)).long()
+            onehot = torch.nn.functional.one_hot(target, 3).permute(2, 0, 1).float()[None]
+            return torch.log(torch.nn.functional.avg_pool2d(onehot, 3, 1, 1) + 1e-3)
+
+    options, score = tune_postprocess(Oracle(), [tile])
+    from histo_gedl import metrics
+    from histo_gedl.inference.postprocess import instances_from_probabilities
+    from histo_gedl.training.trainer import predict_tile
+
+    default = metrics.aggregated_jaccard_index(
+        instances_from_probabilities(predict_tile(Oracle(), tile.image), min_area=MIN_NUCLEUS_AREA), tile.instances
+    )
+    assert score >= default
+    assert set(options) == {"interior_threshold", "foreground_threshold", "marker_erosion", "min_area"}

@@ -56,7 +56,8 @@ class InferenceOptions:
         mpp_tolerance: read a native level whose mpp is within this relative
             difference of the model's, without resampling.
         thumbnail_size: longer side of ``overlay.png`` in pixels.
-        min_nucleus_area: smallest nucleus kept, in pixels at the read mpp.
+        min_nucleus_area: smallest nucleus kept, in pixels at the read mpp,
+            unless the model's metadata sets its own post-processing.
     """
 
     tile_size: int = 512
@@ -203,8 +204,11 @@ def predict_tiles(slide, plan: InferencePlan, predictor: TilePredictor, canvas: 
     return times
 
 
-def postprocess(canvas: ProbabilityCanvas, work_dir: Path, min_area: int) -> tuple[zarr.Array, zarr.Array, int]:
+def postprocess(canvas: ProbabilityCanvas, work_dir: Path, instance_options: dict) -> tuple[zarr.Array, zarr.Array, int]:
     """Turn the stitched scores into a class map and nucleus instances at the read mpp.
+
+    ``instance_options`` are passed to
+    :func:`~histo_gedl.inference.postprocess.instances_from_probabilities`.
 
     Returns:
         (class map (H, W) uint8, instances (H, W) uint32, number of nuclei).
@@ -223,7 +227,7 @@ def postprocess(canvas: ProbabilityCanvas, work_dir: Path, min_area: int) -> tup
         store=str(work_dir / "instances"), mode="w", shape=(height, width),
         chunks=(CHUNK, CHUNK), dtype="uint32", fill_value=0,
     )
-    count = label_instances_tiled(canvas.read, (height, width), instances, block=block, margin=64, min_area=min_area)
+    count = label_instances_tiled(canvas.read, (height, width), instances, block=block, margin=64, **instance_options)
     return classes, instances, count
 
 
@@ -342,7 +346,8 @@ def infer_slide(slide_path: str | Path, out_dir: str | Path, predictor: TilePred
         stage_seconds["predict_total"] = time.perf_counter() - began
 
         began = time.perf_counter()
-        classes, instances, count = postprocess(canvas, work_dir, options.min_nucleus_area)
+        instance_options = {"min_area": options.min_nucleus_area, **model_info.get("postprocess", {})}
+        classes, instances, count = postprocess(canvas, work_dir, instance_options)
         stage_seconds["postprocess"] = time.perf_counter() - began
 
         began = time.perf_counter()

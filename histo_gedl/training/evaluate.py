@@ -24,18 +24,35 @@ log = logging.getLogger(__name__)
 MIN_NUCLEUS_AREA = 12
 
 
-def score_prediction(probabilities: np.ndarray, instances: np.ndarray, has_instances: bool) -> dict:
+def postprocess_options(model: SegmentationModel) -> dict:
+    """Return the instance post-processing settings stored with a model, with defaults filled in.
+
+    Whole-slide inference and evaluation both use these, so scores describe
+    what users get. Keys are the options of
+    :func:`~histo_gedl.inference.postprocess.instances_from_probabilities`.
+    """
+    options = {"min_area": MIN_NUCLEUS_AREA}
+    options.update(model.metadata.extra.get("postprocess", {}))
+    return options
+
+
+def score_prediction(
+    probabilities: np.ndarray, instances: np.ndarray, has_instances: bool, postprocess: dict | None = None
+) -> dict:
     """Score class probabilities (3, H, W) against instance labels (H, W).
 
     Returns pixel Dice and IoU of the nucleus foreground and, when the labels
     separate touching nuclei (``has_instances``), the aggregated Jaccard
-    index and panoptic quality of the post-processed instances.
+    index and panoptic quality of the instances that ``postprocess`` (options
+    of :func:`~histo_gedl.inference.postprocess.instances_from_probabilities`)
+    makes.
     """
     foreground = probabilities[0] < 0.5
     truth = instances > 0
     scores = {"dice": metrics.dice(foreground, truth), "iou": metrics.iou(foreground, truth)}
     if has_instances:
-        predicted = instances_from_probabilities(probabilities, min_area=MIN_NUCLEUS_AREA)
+        options = postprocess if postprocess is not None else {"min_area": MIN_NUCLEUS_AREA}
+        predicted = instances_from_probabilities(probabilities, **options)
         scores["aji"] = metrics.aggregated_jaccard_index(predicted, instances)
         scores["pq"] = metrics.panoptic_quality(predicted, instances).pq
     return scores
@@ -95,7 +112,9 @@ def evaluate_model(
             target = LabStatistics.from_dict(stain["target"])
             image = reinhard_normalise(image, lab_statistics(image), target)
         image, instances = rotate_pair(image, tile.instances, rotate_degrees)
-        per_tile[tile.name] = score_prediction(predict_tile(model, image), instances, tile.has_instances)
+        per_tile[tile.name] = score_prediction(
+            predict_tile(model, image), instances, tile.has_instances, postprocess_options(model)
+        )
         log.info("%s: %s", tile.name, per_tile[tile.name])
     keys = sorted({key for scores in per_tile.values() for key in scores})
     mean = {key: float(np.mean([s[key] for s in per_tile.values() if key in s])) for key in keys}

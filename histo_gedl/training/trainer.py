@@ -103,11 +103,12 @@ def predict_tile(model: SegmentationModel, image: np.ndarray) -> np.ndarray:
 
 def validate(model: SegmentationModel, tiles: list[LabelledTile]) -> dict:
     """Return validation metrics averaged over tiles: foreground Dice, and AJI and PQ where instances exist."""
-    from histo_gedl.training.evaluate import score_prediction
+    from histo_gedl.training.evaluate import postprocess_options, score_prediction
 
     was_training = model.training
     model.eval()
-    scores = [score_prediction(predict_tile(model, t.image), t.instances, t.has_instances) for t in tiles]
+    options = postprocess_options(model)
+    scores = [score_prediction(predict_tile(model, t.image), t.instances, t.has_instances, options) for t in tiles]
     model.train(was_training)
     result = {"dice": float(np.mean([s["dice"] for s in scores]))}
     ajis = [s["aji"] for s in scores if "aji" in s]
