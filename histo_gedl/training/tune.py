@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from histo_gedl import metrics
+from histo_gedl.errors import DatasetError
 from histo_gedl.inference.postprocess import instances_from_probabilities
 from histo_gedl.models import load_model, save_model
 from histo_gedl.models.unet import SegmentationModel
@@ -41,7 +42,7 @@ def tune_postprocess(model: SegmentationModel, tiles: list[LabelledTile]) -> tup
 
     tiles = [t for t in tiles if t.has_instances]
     if not tiles:
-        raise ValueError("tuning needs tiles whose labels separate touching nuclei")
+        raise DatasetError("tuning needs tiles whose labels separate touching nuclei (instance masks or polygons)")
     probabilities = [predict_tile(model, t.image) for t in tiles]
     best, best_score = {}, -1.0
     for values in itertools.product(*GRID.values()):
@@ -68,7 +69,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_train_config(args.config)
     model = load_model(args.model)
-    # Only the first label folder: it holds the instance masks.
+    # Only the first label folder, which contains the instance masks.
     folder = Path(config.data.labels[0])
     names = [p.stem for p in folder.iterdir() if p.stem not in config.data.validation]
     tiles = load_labelled_tiles(config.data.images, [folder], model.metadata.mpp, config.data.mpp, names)
