@@ -348,3 +348,12 @@ def test_tuned_postprocess_beats_or_matches_default(monuseg_dir):
     )
     assert score >= default
     assert set(options) == {"interior_threshold", "foreground_threshold", "marker_erosion", "min_area"}
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("pipelines/*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipeline_configs_load(path, shared_data):
+    config = load_train_config(path)
+    assert config.data.images
+    assert Path(config.data.images).is_dir()
+    for folder in config.data.labels:
+        assert Path(folder).is_dir()

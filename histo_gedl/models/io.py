@@ -45,6 +45,10 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     temporary = path.with_name(f".{path.name}.partial")
     save_file(tensors, str(temporary), metadata=header)
+    # Give the file the permissions of any new file under the current umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, path)
     return path
 
