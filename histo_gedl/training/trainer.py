@@ -282,7 +282,7 @@ def train(
             history["validation"].append(metrics)
             history["seconds"] = time.monotonic() - started
             progress.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
-            log.info("step %d loss %.4f validation %s", done, float(loss), metrics)
+            log.info("step %d loss %.4f validation %s", done, loss.item(), metrics)
             if not validation or metrics["dice"] > best_dice:
                 best_dice = metrics["dice"]
                 model.metadata.metrics = {**metrics, "step": done}
