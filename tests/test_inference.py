@@ -260,3 +260,14 @@ def test_stain_normalising_model_runs(tmp_path, cmu_crop, capsys):
     assert code == 0, out
     summary = json.loads((tmp_path / "out" / "good" / "summary.json").read_text())
     assert summary["model"]["stain_normalisation"]["method"] == "reinhard"
+
+
+def test_exported_predictor_matches_model(cmu_crop, shipped_model):
+    from histo_gedl.inference.predict import ModelPredictor
+    from histo_gedl.models import load_model
+
+    model = load_model(shipped_model)
+    tiles = cmu_crop[None, :256, :256]
+    exported = ModelPredictor(model, export=True)(tiles)
+    original = ModelPredictor(model, export=False)(tiles)
+    assert np.abs(exported - original).max() < 1e-4

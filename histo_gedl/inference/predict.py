@@ -38,9 +38,14 @@ class ModelPredictor:
             averages all eight quarter turns and flips. For a model that is
             exactly invariant to these, TTA changes nothing but costs time.
         device: torch device name, e.g. "cpu" or "cuda".
+        export: run the plain-PyTorch equivalent from
+            :func:`~histo_gedl.models.export_torch`, which expands the
+            equivariant filters once instead of in every forward pass and
+            folds batch norm into the convolutions. Outputs agree with the
+            original model up to float rounding.
     """
 
-    def __init__(self, model: SegmentationModel, tta: str = "none", device: str = "cpu") -> None:
+    def __init__(self, model: SegmentationModel, tta: str = "none", device: str = "cpu", export: bool = True) -> None:
         if tta not in TTA_MODES:
             raise InvalidParameterError(f"unknown TTA mode {tta!r}; use one of {', '.join(TTA_MODES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -48,7 +53,12 @@ class ModelPredictor:
                 f"device {device!r} requested but CUDA is not available in this torch build "
                 f"({torch.__version__}); use --device cpu or install a CUDA build of torch"
             )
-        self.model = model.eval().to(device)
+        if export:
+            from histo_gedl.models.export import export_torch
+
+            self.model = export_torch(model).eval().to(device)
+        else:
+            self.model = model.eval().to(device)
         self.device = device
         self.tta = tta
         self.classes = tuple(model.config.classes)
