@@ -25,7 +25,7 @@ Rows:
 * histo-gedl end to end: ``infer_slide``, i.e. the above plus post-processing
   into nuclei and export of mask.ome.tif, instances.ome.tif, nuclei.geojson
   and overlay.png.
-* histo-gedl command line: ``histo-gedl infer`` with the unexported model.
+* histo-gedl command line: ``histo-gedl infer`` as users run it, in its own process.
 
 Megapixels per second divide the slide's area at the read resolution by the
 row's wall time, so every row has the same numerator and the ratio column is
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             ("histo-gedl end to end with exports", "ours-end-to-end"),
         ]
         if not args.no_cli:
-            pipelines.append(("histo-gedl infer command (unexported model, whole process)", "cli"))
+            pipelines.append(("histo-gedl infer command (whole process)", "cli"))
         runs: dict[str, list[tuple[dict, int]]] = {kind: [] for _, kind in pipelines}
         # Repeats go round the pipelines in turn, so that a slow spell of a shared machine hits all of them.
         for _ in range(repeats):
