@@ -24,7 +24,7 @@ demo: $(STAMP)
 	@echo "Demo outputs are in $(DEMO_OUT)/"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 clean:
 	rm -rf $(VENV) out

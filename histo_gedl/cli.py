@@ -217,7 +217,8 @@ def _add_infer(subparsers) -> None:
             "Segment nuclei on one or more slides. For each slide, writes DIR/<slide name>/ with "
             "mask.ome.tif (class map: 0 background, 1 nucleus interior, 2 nucleus boundary), "
             "instances.ome.tif (nucleus ids), nuclei.geojson (QuPath detections in level-0 pixels), "
-            "overlay.png and summary.json. A slide that fails is reported and the others go on."
+            "overlay.png and summary.json. A slide that fails is reported and the others go on; the exit "
+            "status is then 1."
         ),
     )
     parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (svs, tiff, ome.tif, ndpi, png, ...)")
@@ -266,6 +267,13 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise InvalidParameterError("--resume and --overwrite contradict each other; pass one of them")
     model_path = resolve_model_path(args.model)
     model = load_model(model_path)
+    halo = -(-model.config.receptive_field_radius() // model.config.total_stride) * model.config.total_stride
+    smallest = 2 * halo + model.config.total_stride
+    if args.tile_size < smallest:
+        raise InvalidParameterError(
+            f"--tile-size {args.tile_size} is too small for model {model.metadata.name}: it needs a halo of "
+            f"{halo} px on each side, so use at least {smallest} (512 is the default)"
+        )
     model_info = {
         "name": model.metadata.name,
         "path": str(model_path),
@@ -385,6 +393,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
+    assumed = "the model's mpp" if args.mpp is None else f"--mpp {args.mpp}"
+    print(f"model {report['model']} at {report['mpp']} µm/px; images resampled from {assumed}")
     print(f"{'tile':40s} {'dice':>6s} {'iou':>6s} {'aji':>6s} {'pq':>6s}")
     for name, scores in report["tiles"].items():
         cells = " ".join(f"{scores[k]:6.3f}" if k in scores else f"{'-':>6s}" for k in ("dice", "iou", "aji", "pq"))
@@ -413,14 +423,25 @@ def _add_export_model(subparsers) -> None:
         help="torch: TorchScript file; onnx: ONNX file checked with ONNX Runtime",
     )
     parser.add_argument("--out", required=True, metavar="PATH", help="output file to write")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
+    parser.add_argument(
+        "--opset", type=int, default=17, choices=range(13, 21), metavar="N",
+        help="ONNX opset version, 13 to 20 (default: 17)",
+    )
     parser.set_defaults(run=_run_export_model)
 
 
 def _run_export_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from histo_gedl.errors import InvalidParameterError
     from histo_gedl.models import load_model
     from histo_gedl.models.export import export_onnx, export_torch
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise InvalidParameterError(f"--out {out} is a folder; pass a file name such as {out / 'model.onnx'}")
+    if not out.parent.is_dir():
+        raise InvalidParameterError(f"the folder of --out {out} does not exist; create {out.parent} first")
     model = load_model(args.model)
     if args.format == "torch":
         export_torch(model, args.out)

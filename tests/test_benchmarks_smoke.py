@@ -84,8 +84,8 @@ def test_cuda_without_gpu_rejected():
 
 def test_vs_monai_quick(slides_dir):
     completed = run_script(
-        "bench_vs_monai.py", "--slide", str(slides_dir / SAMPLE_NAME), "--crop", "256", "--tile-size", "128",
-        "--width", "1", "--depth", "2", "--batch-size", "2",
+        "bench_vs_monai.py", "--slide", str(slides_dir / SAMPLE_NAME), "--crop", "256", "--tile-size", "256",
+        "--batch-size", "2",
     )
     assert completed.returncode == 0, completed.stderr
     assert_header(completed.stdout)
@@ -93,7 +93,8 @@ def test_vs_monai_quick(slides_dir):
     assert len(rows) == 5
     assert rows[0].startswith("| MONAI SlidingWindowInferer")
     assert rows[4].startswith("| histo-gedl infer command")
-    assert "untrained C8 regular, width 1, depth 2" in completed.stdout
+    # The shipped model when it exists, else the untrained stand-in.
+    assert "nuclei-c8-v1" in completed.stdout or "untrained C8 regular" in completed.stdout
     assert "Prediction-only time / MONAI time: " in completed.stdout
 
 

@@ -189,3 +189,14 @@ def test_help_units(capsys: pytest.CaptureFixture[str], command: str, phrases: l
     out = " ".join(capsys.readouterr().out.split())
     for phrase in phrases:
         assert phrase in out
+
+
+def test_tile_mpp_coarser_than_slide(tmp_path, capsys):
+    from histo_gedl.cli import main
+    from histo_gedl.config import bundled_data_dir
+
+    sample = bundled_data_dir() / "sample" / "cmu-1-small-region.svs"
+    code = main(["tile", str(sample), "--out", str(tmp_path / "tiles"), "--mpp", "20"])
+    assert code == 2
+    assert "not a magnification" in capsys.readouterr().err
+    assert not (tmp_path / "tiles").exists()

@@ -209,3 +209,16 @@ def test_cli_missing_model(tmp_path, capsys):
     status = main(["export-model", str(tmp_path / "none.safetensors"), "--format", "onnx", "--out", str(tmp_path / "x.onnx")])
     assert status == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_export_to_existing_folder_rejected(tmp_path, capsys):
+    from histo_gedl.cli import main
+    from histo_gedl.models import ModelConfig, ModelMetadata, build_model, save_model
+
+    model = build_model(ModelConfig(kind="plain", width=2, depth=2), ModelMetadata(name="tiny", mpp=0.5))
+    path = save_model(model.eval(), tmp_path / "tiny.safetensors")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert main(["export-model", str(path), "--format", "onnx", "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "tiny.safetensors"]

@@ -271,3 +271,30 @@ def test_exported_predictor_matches_model(cmu_crop, shipped_model):
     exported = ModelPredictor(model, export=True)(tiles)
     original = ModelPredictor(model, export=False)(tiles)
     assert np.abs(exported - original).max() < 1e-4
+
+
+def test_resume_with_other_model_rejected(tmp_path, cmu_crop, tiny_model, capsys):
+    good = _write_tiff(tmp_path / "good.tif", cmu_crop, 0.499)
+    assert _infer([str(good), "--out", str(tmp_path / "out"), "--model", str(tiny_model)], capsys)[0] == 0
+    other = build_model(ModelConfig(kind="plain", width=2, depth=2), ModelMetadata(name="other", mpp=0.5))
+    other_path = save_model(other.eval(), tmp_path / "other.safetensors")
+    code, out, _ = _infer([str(good), "--out", str(tmp_path / "out"), "--model", str(other_path), "--resume"], capsys)
+    assert code == 1
+    assert "was finished with model tiny-untrained" in out
+
+
+def test_tile_size_below_halo_rejected(tmp_path, cmu_crop, tiny_model, capsys):
+    good = _write_tiff(tmp_path / "good.tif", cmu_crop, 0.499)
+    code, _, err = _infer([str(good), "--out", str(tmp_path / "out"), "--model", str(tiny_model),
+                           "--tile-size", "40"], capsys)
+    assert code == 2
+    assert "--tile-size 40 is too small" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_device_rejected(tmp_path, cmu_crop, tiny_model, capsys):
+    good = _write_tiff(tmp_path / "good.tif", cmu_crop, 0.499)
+    code, _, err = _infer([str(good), "--out", str(tmp_path / "out"), "--model", str(tiny_model),
+                           "--device", "tpu"], capsys)
+    assert code == 2
+    assert "unknown device 'tpu'" in err

@@ -48,6 +48,8 @@ class ModelPredictor:
     def __init__(self, model: SegmentationModel, tta: str = "none", device: str = "cpu", export: bool = True) -> None:
         if tta not in TTA_MODES:
             raise InvalidParameterError(f"unknown TTA mode {tta!r}; use one of {', '.join(TTA_MODES)}")
+        if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise InvalidParameterError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InvalidParameterError(
                 f"device {device!r} requested but CUDA is not available in this torch build "

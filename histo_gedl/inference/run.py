@@ -303,6 +303,13 @@ def infer_slide(slide_path: str | Path, out_dir: str | Path, predictor: TilePred
         slide.require_mpp()
         slide_dir, finished = prepare_output_dir(Path(out_dir), slide.name, options.resume, options.overwrite)
         if finished:
+            earlier = json.loads((slide_dir / SUMMARY_NAME).read_text())["model"]
+            if earlier.get("sha256") != model_info["sha256"]:
+                raise HistoGedlError(
+                    f"{slide_dir} was finished with model {earlier.get('name')} (SHA-256 "
+                    f"{str(earlier.get('sha256'))[:12]}...), not {model_info['name']}; pass --overwrite to "
+                    "run the new model"
+                )
             log.info("%s: already finished in %s, skipped", slide.name, slide_dir)
             return SlideResult(str(slide_path), "skipped", str(slide_dir))
         work_dir = slide_dir / PARTIAL_DIR
@@ -313,8 +320,12 @@ def infer_slide(slide_path: str | Path, out_dir: str | Path, predictor: TilePred
         if plan_path.exists():
             saved = json.loads(plan_path.read_text())
             if saved["run"] != run_key:
+                changed = ", ".join(
+                    f"{key} was {saved['run'].get(key)!r}, now {value!r}"
+                    for key, value in run_key.items() if saved["run"].get(key) != value
+                )
                 raise HistoGedlError(
-                    f"{slide_dir} contains an interrupted run with other settings ({saved['run']}); "
+                    f"{slide_dir} contains an interrupted run with other settings ({changed}); "
                     "pass --overwrite to start over with the new ones"
                 )
             if options.stitch == "gaussian":
@@ -388,7 +399,8 @@ def infer_slides(slide_paths: list[str | Path], out_dir: str | Path, predictor: 
         try:
             results.append(infer_slide(path, out_dir, predictor, model_info, options))
         except HistoGedlError as error:
-            log.error("%s: failed: %s", path, error)
+            # The error itself goes into the result, which the caller reports.
+            log.warning("%s: failed (%s), continuing with the next slide", path, type(error).__name__)
             results.append(SlideResult(str(path), "failed", error=str(error)))
     return results
 

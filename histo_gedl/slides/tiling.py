@@ -149,6 +149,12 @@ def plan_tiles(
             slide.path, mpp, slide.mpp,
         )
     width, height = slide.dimensions
+    if width / downsample < tile_size and height / downsample < tile_size:
+        raise InvalidParameterError(
+            f"at {mpp:g} µm/px {slide.path.name} is only {width / downsample:.0f}x{height / downsample:.0f} px, "
+            f"smaller than one {tile_size} px tile; mpp is micrometres per pixel, not a magnification "
+            "(20x is about 0.5, 40x about 0.25)"
+        )
     stride = tile_size - overlap
     cols = grid_origins(width / downsample, tile_size, stride)
     rows = grid_origins(height / downsample, tile_size, stride)

@@ -299,4 +299,5 @@ def train(
             break
     progress.close()
     best = max(history["validation"], key=lambda v: v.get("dice", -1.0), default={})
-    return TrainResult(output_dir, output_dir / BEST_NAME, step + 1, best, history)
+    steps_done = history["loss_steps"][-1] if history["loss_steps"] else 0
+    return TrainResult(output_dir, output_dir / BEST_NAME, steps_done, best, history)
