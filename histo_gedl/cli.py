@@ -35,6 +35,12 @@ def _build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for add in _SUBCOMMANDS:
         add(subparsers)
+    # Accept -v after the subcommand too; there it replaces any count given before it.
+    for subparser in subparsers.choices.values():
+        subparser.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS,
+            help="log more detail (-v: info, -vv: debug)",
+        )
     return parser
 
 
