@@ -444,10 +444,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.slide.exists():
         parser.error(f"slide not found: {args.slide}")
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    repeats = args.repeats
+    if repeats is None:
+        repeats = 1 if args.quick else 3
     if repeats < 1:
         parser.error(f"--repeats must be at least 1, got {repeats}")
-    crop = args.crop if args.crop is not None else (1024 if args.quick else None)
+    crop = args.crop
+    if crop is None and args.quick:
+        crop = 1024
     with tempfile.TemporaryDirectory(prefix="histo-gedl-bench-") as folder:
         folder = Path(folder)
         model_path, model_label = prepare_model(args.model, folder, args.width, args.depth)

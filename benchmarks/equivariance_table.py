@@ -17,10 +17,9 @@ It prints a header with the date, torch version and CPU model, then the table.
 from __future__ import annotations
 
 import datetime
-import platform
-from pathlib import Path
 
 import torch
+from _bench_common import cpu_model
 from torch import nn
 
 from histo_gedl.groups import parse_group
@@ -63,13 +62,6 @@ def harmonic_action(z: torch.Tensor, group, g: int) -> torch.Tensor:
     return rotate_harmonic(z, group, g, (0, 1))
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def cases():

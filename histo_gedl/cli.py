@@ -263,6 +263,7 @@ def _add_infer(subparsers) -> None:
 
 def _run_infer(args: argparse.Namespace) -> int:
     from histo_gedl.errors import InvalidParameterError
+    from histo_gedl.inference.plan import halo_and_min_tile_size
     from histo_gedl.inference.predict import ModelPredictor
     from histo_gedl.inference.run import InferenceOptions, infer_slides
     from histo_gedl.models import file_sha256, load_model, resolve_model_path
@@ -273,8 +274,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise InvalidParameterError("--resume and --overwrite contradict each other; pass one of them")
     model_path = resolve_model_path(args.model)
     model = load_model(model_path)
-    halo = -(-model.config.receptive_field_radius() // model.config.total_stride) * model.config.total_stride
-    smallest = 2 * halo + model.config.total_stride
+    halo, smallest = halo_and_min_tile_size(model.config.total_stride, model.config.receptive_field_radius())
     if args.tile_size < smallest:
         raise InvalidParameterError(
             f"--tile-size {args.tile_size} is too small for model {model.metadata.name}: it needs a halo of "

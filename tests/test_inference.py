@@ -248,7 +248,7 @@ def test_finished_outputs_need_overwrite(tmp_path, cmu_crop, tiny_model, capsys)
 
 
 def test_stain_normalising_model_runs(tmp_path, cmu_crop, capsys):
-    from histo_gedl.training.stain import lab_statistics
+    from histo_gedl.slides.stain import lab_statistics
 
     target = lab_statistics(cmu_crop).to_dict()
     model = build_model(ModelConfig(kind="regular", group="C4", width=1, depth=2),

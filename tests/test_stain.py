@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from histo_gedl.errors import InvalidParameterError
-from histo_gedl.training.stain import lab_statistics, reinhard_normalise
+from histo_gedl.slides.stain import lab_statistics, reinhard_normalise
 
 
 @pytest.fixture(scope="module")

@@ -133,3 +133,21 @@ def test_plan_skips_tiles_without_tissue():
     plan = plan_inference("x", (2000, 2000), 0.5, 0.5, stride=8, receptive_field=24,
                           tile_size=256, tissue_mask=tissue, tissue_mpp=10.0)
     assert [(t.col, t.row) for t in plan.tiles] == [(0, 0)]
+
+
+def test_to_level0_nearest_resampling(tmp_path):
+    import zarr
+
+    from histo_gedl.inference.plan import InferencePlan
+    from histo_gedl.inference.run import to_level0
+
+    source = zarr.open_array(store=str(tmp_path / "source"), mode="w", shape=(700, 900), chunks=(256, 256),
+                             dtype="uint32")
+    values = np.arange(700 * 900, dtype=np.uint32).reshape(700, 900)
+    source[:] = values
+    # Read at 0.5 µm/px from a 0.25 µm/px slide: each read pixel covers 2 x 2 level-0 pixels.
+    plan = InferencePlan("x", (1799, 1400), 0.25, 0.5, (900, 700), core=64, halo=8)
+    level0 = np.asarray(to_level0(source, plan, tmp_path, "values"))
+    rows = ((np.arange(1400) + 0.5) / 2).astype(int)
+    cols = np.minimum(((np.arange(1799) + 0.5) / 2).astype(int), 899)
+    np.testing.assert_array_equal(level0, values[np.ix_(rows, cols)])

@@ -5,7 +5,7 @@ engine can hand its tiles to many workers.
 
 Tiles are placed on the grid of the *read* resolution. Each tile has a core of
 ``core`` x ``core`` output pixels at ``(col, row)`` and is read with a halo of
-``halo`` pixels on every side, so the model sees ``core + 2 halo`` pixels.
+``halo`` pixels on every side, so the model takes ``core + 2 halo`` pixels as input.
 Cores and halos are multiples of the model's total stride, so the pooling
 windows of every tile line up with those of one pass over the whole slide,
 and the halo is at least the model's receptive-field radius. Together these
@@ -64,7 +64,7 @@ class InferencePlan:
 
     @property
     def tile_size(self) -> int:
-        """Width of the region the model sees per tile (core plus two halos)."""
+        """Width of the model input per tile (core plus two halos)."""
         return self.core + 2 * self.halo
 
     def location(self, tile: InferenceTile) -> tuple[float, float]:
@@ -102,6 +102,12 @@ def _round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
+def halo_and_min_tile_size(stride: int, receptive_field: int) -> tuple[int, int]:
+    """Return the halo (receptive field rounded up to the stride) and the smallest usable tile size."""
+    halo = _round_up(receptive_field, stride)
+    return halo, 2 * halo + stride
+
+
 def plan_inference(
     slide_path: str,
     slide_dimensions: tuple[int, int],
@@ -122,7 +128,7 @@ def plan_inference(
         read_mpp: resolution to read and predict at, µm per pixel.
         stride: the model's total stride; cores and halos are multiples of it.
         receptive_field: the model's receptive-field radius in pixels.
-        tile_size: requested width of the region the model sees per tile
+        tile_size: requested width of the model input per tile
             (core plus halos), in read-resolution pixels; rounded down to a
             multiple of ``stride``.
         tissue_mask: boolean (h, w) mask at ``tissue_mpp``; tiles whose core
@@ -132,14 +138,14 @@ def plan_inference(
     Raises:
         InvalidParameterError: ``tile_size`` leaves no core after the halos.
     """
-    halo = _round_up(receptive_field, stride)
+    halo, smallest = halo_and_min_tile_size(stride, receptive_field)
     size = (tile_size // stride) * stride
     core = size - 2 * halo
     if core < stride:
         raise InvalidParameterError(
             f"tile size {tile_size} px is too small for this model: it needs a halo of {halo} px "
             f"on each side (receptive field {receptive_field} px, stride {stride}), so use at least "
-            f"{2 * halo + stride} px"
+            f"{smallest} px"
         )
     scale = read_mpp / slide_mpp
     width = int(math.ceil(slide_dimensions[0] / scale))

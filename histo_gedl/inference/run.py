@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 PARTIAL_DIR = ".partial"
 SUMMARY_NAME = "summary.json"
-OUTPUT_NAMES = ("mask.ome.tif", "instances.ome.tif", "nuclei.geojson", "overlay.png", SUMMARY_NAME)
+#: Smallest nucleus kept by default, in pixels at the read mpp; evaluation uses the same value.
+MIN_NUCLEUS_AREA = 12
 #: Upsampling a slide by more than this factor to reach the model's mpp is an error.
 MAX_UPSAMPLING = 2.0
 
@@ -45,7 +46,7 @@ class InferenceOptions:
     """Settings of a whole-slide run; the command line sets each of them.
 
     Attributes:
-        tile_size: width of the region the model sees per tile, in pixels at
+        tile_size: width of the model input per tile, in pixels at
             the read mpp (core plus halos); rounded down to the model's stride.
         batch_size: tiles per forward pass.
         stitch: "exact" (default) or "gaussian"; see :mod:`histo_gedl.inference.stitch`.
@@ -69,7 +70,7 @@ class InferenceOptions:
     slide_mpp: float | None = None
     mpp_tolerance: float = 0.05
     thumbnail_size: int = 2048
-    min_nucleus_area: int = 12
+    min_nucleus_area: int = MIN_NUCLEUS_AREA
 
 
 @dataclass
@@ -93,7 +94,7 @@ def prepare_output_dir(out_dir: Path, name: str, resume: bool, overwrite: bool) 
     """Create ``out_dir/name`` and its work folder; return (slide folder, finished already).
 
     Raises:
-        HistoGedlError: the folder is a file, is not writable, or holds
+        HistoGedlError: the folder is a file, is not writable, or contains
             earlier outputs that neither ``resume`` nor ``overwrite`` allows
             touching.
     """
@@ -163,7 +164,7 @@ def stain_transform(slide, stain: dict | None):
     """
     if not stain:
         return None
-    from histo_gedl.training.stain import LabStatistics, lab_statistics, reinhard_normalise
+    from histo_gedl.slides.stain import LabStatistics, lab_statistics, reinhard_normalise
 
     source = lab_statistics(slide.get_thumbnail(1024))
     target = LabStatistics.from_dict(stain["target"])
@@ -250,10 +251,11 @@ def to_level0(source: zarr.Array, plan: InferencePlan, work_dir: Path, name: str
     block = 4 * CHUNK
     for row in range(0, height, block):
         rows = np.minimum(((np.arange(row, min(row + block, height)) + 0.5) / scale).astype(int), source_height - 1)
-        part = np.asarray(source[int(rows[0]) : int(rows[-1]) + 1, :])
         for col in range(0, width, block):
             cols = np.minimum(((np.arange(col, min(col + block, width)) + 0.5) / scale).astype(int), source_width - 1)
-            target[row : row + rows.size, col : col + cols.size] = part[np.ix_(rows - rows[0], cols)]
+            # Read only the source window this block needs, so memory stays bounded by the block.
+            part = np.asarray(source[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1])
+            target[row : row + rows.size, col : col + cols.size] = part[np.ix_(rows - rows[0], cols - cols[0])]
     return target
 
 

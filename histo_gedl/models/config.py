@@ -58,7 +58,7 @@ class ModelConfig:
         return 2**self.depth
 
     def receptive_field_radius(self) -> int:
-        """Return an upper bound, in input pixels, on how far an output pixel sees.
+        """Return an upper bound, in input pixels, on the distance from an output pixel to the input pixels it depends on.
 
         Each convolution at scale ``s`` adds ``s * (k // 2)``; each 2x max
         pooling adds ``s``; each bilinear 2x upsampling from scale ``2s`` adds
@@ -92,7 +92,7 @@ class ModelConfig:
 
 @dataclass
 class ModelMetadata:
-    """What a user needs to know to run a saved model correctly and cite its data.
+    """Facts needed to run a saved model correctly and to cite its data.
 
     Attributes:
         name: versioned model name, e.g. "nuclei-c8-v1".

@@ -172,7 +172,7 @@ class SegmentationModel(nn.Module):
                 ) from error
             self.net = SteerableUNet(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor) -> None:
         stride = self.config.total_stride
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
             raise InvalidParameterError(
@@ -183,6 +183,9 @@ class SegmentationModel(nn.Module):
                 f"image height and width must be multiples of {stride} for this model "
                 f"(depth {self.config.depth}), got {tuple(x.shape[-2:])}; pad or crop the input"
             )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         return self.net((x - self.mean) / self.std)
 
     def forward_with_orientation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +194,7 @@ class SegmentationModel(nn.Module):
             raise InvalidParameterError(
                 f"a {self.config.kind} model has no orientation output; use a regular C<N> model"
             )
+        self._check_input(x)
         return self.net.forward_with_orientation((x - self.mean) / self.std)
 
 

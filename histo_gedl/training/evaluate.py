@@ -15,13 +15,12 @@ from scipy import ndimage
 
 from histo_gedl import metrics
 from histo_gedl.inference.postprocess import instances_from_probabilities
+from histo_gedl.inference.run import MIN_NUCLEUS_AREA
 from histo_gedl.models.unet import SegmentationModel
-from histo_gedl.training.stain import LabStatistics, lab_statistics, reinhard_normalise
+from histo_gedl.slides.stain import LabStatistics, lab_statistics, reinhard_normalise
 
 log = logging.getLogger(__name__)
 
-#: Smallest nucleus kept, in pixels at the model's mpp; the same default as inference.
-MIN_NUCLEUS_AREA = 12
 
 
 def postprocess_options(model: SegmentationModel) -> dict:

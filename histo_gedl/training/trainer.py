@@ -2,7 +2,7 @@
 
 Each step draws ``batch_size`` random patches from the training tiles, with
 the tile choice and the augmentation seeded by ``(seed, step)``. A run that
-is interrupted and resumed from its checkpoint therefore sees the same
+is interrupted and resumed from its checkpoint therefore draws the same
 batches as one that was not.
 
 Files in ``output_dir``: ``checkpoint.pt`` (the latest state, for
@@ -30,7 +30,7 @@ from histo_gedl.models.unet import SegmentationModel
 from histo_gedl.training.augment import training_augmentation
 from histo_gedl.training.config import TrainConfig
 from histo_gedl.training.data import LabelledTile, load_labelled_tiles
-from histo_gedl.training.stain import lab_statistics, reinhard_normalise
+from histo_gedl.slides.stain import lab_statistics, reinhard_normalise
 from histo_gedl.training.targets import three_class_target
 
 log = logging.getLogger(__name__)
