@@ -242,7 +242,11 @@ def _add_infer(subparsers) -> None:
         help="pixels per side of the region the model sees per tile, halo included, at the model's mpp "
         "(default 512; rounded down to the model's stride)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, metavar="N",
+        help="tiles read and stitched per step, and per forward pass on CUDA; on the CPU the model "
+        "runs one tile at a time, which is faster there (default 4)",
+    )
     parser.add_argument(
         "--tta", choices=("none", "rot90", "dihedral"), default="none",
         help="test-time augmentation: average over quarter turns (rot90) or turns and flips (dihedral); "

@@ -90,9 +90,10 @@ def test_vs_monai_quick(slides_dir):
     assert completed.returncode == 0, completed.stderr
     assert_header(completed.stdout)
     rows = table_rows(completed.stdout, "pipeline")
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert rows[0].startswith("| MONAI SlidingWindowInferer")
-    assert rows[4].startswith("| histo-gedl infer command")
+    assert rows[2].startswith("| MONAI channels-last, one window per forward pass")
+    assert rows[5].startswith("| histo-gedl infer command")
     # The shipped model when it exists, else the untrained stand-in.
     assert "nuclei-c8-v1" in completed.stdout or "untrained C8 regular" in completed.stdout
     assert "Prediction-only time / MONAI time: " in completed.stdout
@@ -148,3 +149,12 @@ def test_synthetic_pyramid_reads_back(slides_dir, tmp_path):
         expected2 = image.reshape(160, 4, 160, 4, 3).mean(axis=(1, 3))
         assert np.abs(level2 - expected2).mean() < 4
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_micro_batch_quick(slides_dir):
+    completed = run_script("bench_micro_batch.py", "--slide", str(slides_dir / SAMPLE_NAME), "--tile-size", "64",
+                           "--batch-size", "3")
+    assert completed.returncode == 0, completed.stderr
+    assert_header(completed.stdout)
+    rows = table_rows(completed.stdout, "tiles per forward pass")
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2", "3"]

@@ -19,6 +19,7 @@ from PIL import Image
 from shapely.geometry import shape as to_shape
 
 from histo_gedl.cli import main
+from histo_gedl.errors import InvalidParameterError
 from histo_gedl.models import ModelConfig, ModelMetadata, build_model, save_model
 from histo_gedl.models.io import SHIPPED_MODELS_DIR, DEFAULT_MODEL
 
@@ -298,3 +299,26 @@ def test_unknown_device_rejected(tmp_path, cmu_crop, tiny_model, capsys):
                            "--device", "tpu"], capsys)
     assert code == 2
     assert "unknown device 'tpu'" in err
+
+
+def test_micro_batches_give_the_whole_batch_result(cmu_crop, shipped_model):
+    from histo_gedl.inference.predict import ModelPredictor
+    from histo_gedl.models import load_model
+
+    model = load_model(shipped_model)
+    tiles = np.stack([cmu_crop[:128, :128], cmu_crop[128:256, :128], np.rot90(cmu_crop[:128, :128]).copy()])
+    assert ModelPredictor(model).micro_batch == 1  # the CPU default
+    whole = ModelPredictor(model, micro_batch=3)(tiles)
+    for micro_batch in (1, 2):
+        parts = ModelPredictor(model, micro_batch=micro_batch)(tiles)
+        assert parts.shape == whole.shape == (3, 3, 128, 128)
+        assert np.abs(parts - whole).max() < 1e-5
+
+
+@pytest.mark.parametrize("micro_batch", [0, -1, 1.5, True, "2"])
+def test_invalid_micro_batch_rejected(micro_batch, tiny_model):
+    from histo_gedl.inference.predict import ModelPredictor
+    from histo_gedl.models import load_model
+
+    with pytest.raises(InvalidParameterError, match="invalid micro_batch"):
+        ModelPredictor(load_model(tiny_model), micro_batch=micro_batch)

@@ -256,6 +256,30 @@ def test_blocks_match_single_window(cmu_slides, monkeypatch: pytest.MonkeyPatch)
     assert np.array_equal(in_blocks, whole)
 
 
+def test_coarse_reads_keep_windows_mostly_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When blur margins would fill a window, windows grow instead of shrinking to one pixel."""
+    from histo_gedl.slides import resample
+
+    source = np.random.default_rng(3).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+    windows = []
+
+    def read_window(x: int, y: int, width: int, height: int) -> np.ndarray:
+        windows.append((width, height))
+        out = np.full((height, width, 3), 255, np.uint8)
+        left, top = max(x, 0), max(y, 0)
+        right, bottom = min(x + width, 2000), min(y + height, 2000)
+        if right > left and bottom > top:
+            out[top - y : bottom - y, left - x : right - x] = source[top:bottom, left:right]
+        return out
+
+    whole = resample.resample(read_window, (0.0, 0.0), (20, 20), 100.0)
+    monkeypatch.setattr(resample, "MAX_WINDOW_SIDE", 256)  # smaller than the two margins of about 200 px each
+    windows.clear()
+    in_blocks = resample.resample(read_window, (0.0, 0.0), (20, 20), 100.0)
+    assert np.array_equal(in_blocks, whole)
+    assert len(windows) <= 25  # blocks of at least 4 x 4 output pixels, not 400 windows of one
+
+
 def test_resample_matches_skimage(tmp_path: Path) -> None:
     from skimage.transform import resize
 

@@ -43,9 +43,21 @@ class ModelPredictor:
             equivariant filters once instead of in every forward pass and
             folds batch norm into the convolutions. Outputs agree with the
             original model up to float rounding.
+        micro_batch: tiles per forward pass of the model. A call's batch is
+            cut into parts of this many tiles. None means 1 on the CPU and
+            the whole batch on CUDA: on the CPU one tile at a time keeps the
+            activations in cache (benchmarks/README.md gives the figures) and
+            needs a quarter of the memory of four tiles at once.
     """
 
-    def __init__(self, model: SegmentationModel, tta: str = "none", device: str = "cpu", export: bool = True) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        tta: str = "none",
+        device: str = "cpu",
+        export: bool = True,
+        micro_batch: int | None = None,
+    ) -> None:
         if tta not in TTA_MODES:
             raise InvalidParameterError(f"unknown TTA mode {tta!r}; use one of {', '.join(TTA_MODES)}")
         if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
@@ -55,6 +67,10 @@ class ModelPredictor:
                 f"device {device!r} requested but CUDA is not available in this torch build "
                 f"({torch.__version__}); use --device cpu or install a CUDA build of torch"
             )
+        if micro_batch is not None and (
+            isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1
+        ):
+            raise InvalidParameterError(f"invalid micro_batch {micro_batch!r}: pass a whole number above 0 or None")
         if export:
             from histo_gedl.models.export import export_torch
 
@@ -62,6 +78,7 @@ class ModelPredictor:
         else:
             self.model = model.eval().to(device)
         self.device = device
+        self.micro_batch = micro_batch if micro_batch is not None else (1 if device == "cpu" else None)
         self.tta = tta
         self.classes = tuple(model.config.classes)
         self.stride = model.config.total_stride
@@ -87,7 +104,8 @@ class ModelPredictor:
         for turns, flip in transforms:
             view = torch.flip(x, dims=(-1,)) if flip else x
             view = torch.rot90(view, turns, dims=(-2, -1))
-            probabilities = torch.softmax(self.model(view), dim=1)
+            parts = torch.split(view, self.micro_batch) if self.micro_batch else (view,)
+            probabilities = torch.cat([torch.softmax(self.model(part), dim=1) for part in parts])
             probabilities = torch.rot90(probabilities, -turns, dims=(-2, -1))
             if flip:
                 probabilities = torch.flip(probabilities, dims=(-1,))

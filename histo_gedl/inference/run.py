@@ -25,6 +25,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from histo_gedl import __version__
+from histo_gedl._memory import release_free_memory
 from histo_gedl.errors import HistoGedlError, InvalidParameterError
 from histo_gedl.inference.plan import InferencePlan, choose_read_mpp, plan_inference
 from histo_gedl.inference.postprocess import class_map_from_probabilities, label_instances_tiled
@@ -39,6 +40,8 @@ SUMMARY_NAME = "summary.json"
 MIN_NUCLEUS_AREA = 12
 #: Upsampling a slide by more than this factor to reach the model's mpp is an error.
 MAX_UPSAMPLING = 2.0
+#: Freed heap memory goes back to the system after every this many batches and after each stage.
+TRIM_EVERY_BATCHES = 8
 
 
 @dataclass
@@ -201,6 +204,8 @@ def predict_tiles(slide, plan: InferencePlan, predictor: TilePredictor, canvas: 
         times["predict_seconds"] += predict_done - read_done
         times["stitch_seconds"] += time.perf_counter() - predict_done
         progress.update(len(batch))
+        if (start // batch_size) % TRIM_EVERY_BATCHES == TRIM_EVERY_BATCHES - 1:
+            release_free_memory()
     progress.close()
     return times
 
@@ -268,13 +273,16 @@ def export_outputs(slide, plan: InferencePlan, classes, instances, slide_dir: Pa
 
     mask0 = to_level0(classes, plan, work_dir, "classes")
     write_pyramidal_ome_tiff(slide_dir / "mask.ome.tif", mask0, plan.slide_mpp, kind="labels")
+    release_free_memory()
     instances0 = to_level0(instances, plan, work_dir, "instances")
     write_pyramidal_ome_tiff(slide_dir / "instances.ome.tif", instances0, plan.slide_mpp, kind="labels")
+    release_free_memory()
     features = features_from_label_source(
         lambda r0, r1, c0, c1: instances[r0:r1, c0:c1], instances.shape, block=2048, margin=64,
         scale=plan.scale,
     )
     write_geojson(slide_dir / "nuclei.geojson", features)
+    release_free_memory()
     thumbnail = slide.get_thumbnail(thumbnail_size)
     height, width = thumbnail.shape[:2]
     write_overlay(slide_dir / "overlay.png", thumbnail, downsample_labels(instances0, (width, height)))
@@ -357,11 +365,15 @@ def infer_slide(slide_path: str | Path, out_dir: str | Path, predictor: TilePred
             predict_tiles(slide, plan, predictor, canvas, work_dir / "done.json", options.batch_size, transform)
         )
         stage_seconds["predict_total"] = time.perf_counter() - began
+        release_free_memory()
+        log.debug("%s: predicted %d tiles in %.1f s", slide.name, len(plan.tiles), stage_seconds["predict_total"])
 
         began = time.perf_counter()
         instance_options = {"min_area": options.min_nucleus_area, **model_info.get("postprocess", {})}
         classes, instances, count = postprocess(canvas, work_dir, instance_options)
         stage_seconds["postprocess"] = time.perf_counter() - began
+        release_free_memory()
+        log.debug("%s: post-processed in %.1f s", slide.name, stage_seconds["postprocess"])
 
         began = time.perf_counter()
         export_outputs(slide, plan, classes, instances, slide_dir, work_dir, options.thumbnail_size)

@@ -20,7 +20,8 @@ GAUSSIAN_TRUNCATE = 4.0
 
 #: Source windows are kept under about this many pixels a side, by cutting the
 #: output into blocks, to bound memory for reads far coarser than the level.
-MAX_WINDOW_SIDE = 4096
+#: A float32 RGB window of this side takes 12 MiB.
+MAX_WINDOW_SIDE = 1024
 
 WindowReader = Callable[[int, int, int, int], np.ndarray]
 
@@ -67,7 +68,10 @@ def resample(
     width, height = size
     sigma = antialias_sigma(factor)
     margin = _margin(sigma)
-    block = max(1, int((MAX_WINDOW_SIDE - 2 * margin) / max(factor, 1.0)))
+    # Where the blur margins would fill most of a window, let windows grow so
+    # that at least half of each one is the block itself.
+    core = max(MAX_WINDOW_SIDE - 2 * margin, 2 * margin)
+    block = max(1, int(core / max(factor, 1.0)))
     output = np.empty((height, width, 3), dtype=np.uint8)
     for row in range(0, height, block):
         for col in range(0, width, block):

@@ -1,20 +1,39 @@
-"""Per-pixel training targets derived from instance labels."""
+"""Per-pixel training targets derived from instance labels.
+
+Labels that separate touching nuclei give every nucleus pixel a definite
+class: interior or boundary. Binary masks do not: where nuclei touch, the
+mask contains one blob, and calling all of it one nucleus would teach the model
+to merge. :func:`binary_mask_target` therefore keeps full targets only for
+blobs shaped like one nucleus and marks the inside of the others
+:data:`UNKNOWN_FOREGROUND`, a pixel known to be nucleus whose interior or
+boundary class is not known. :class:`~histo_gedl.training.losses.PartialDiceCELoss`
+scores such pixels only on nucleus against background.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from skimage import measure
 from skimage.segmentation import find_boundaries
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+UNKNOWN_FOREGROUND = 3
+
+# A connected component of a binary mask counts as one nucleus when it is this
+# convex (area over convex-hull area) and at most this many times the median
+# component area of its tile. On the 13 MoNuSeg tiles that have both binary and
+# instance masks, resampled to 0.5 µm/px, these keep 71% of the components, of
+# which 1.7% are in fact merged nuclei, and send 91% of the merged components
+# to UNKNOWN_FOREGROUND.
+MIN_SOLIDITY = 0.9
+MAX_AREA_RATIO = 2.0
 
 
 def three_class_target(instances: np.ndarray) -> np.ndarray:
     """Return classes (H, W) uint8: 0 background, 1 nucleus interior, 2 nucleus boundary.
 
     The boundary is the one-pixel inner rim of each nucleus, so two touching
-    nuclei are separated by two boundary pixels. With binary masks, whose
-    connected components stand in for instances, only the outer rim of merged
-    nuclei becomes boundary.
+    nuclei are separated by two boundary pixels.
 
     Args:
         instances: (H, W) integer labels, 0 background.
@@ -23,3 +42,36 @@ def three_class_target(instances: np.ndarray) -> np.ndarray:
     target[instances > 0] = INTERIOR
     target[find_boundaries(instances, mode="inner") & (instances > 0)] = BOUNDARY
     return target
+
+
+def binary_mask_target(
+    components: np.ndarray, min_solidity: float = MIN_SOLIDITY, max_area_ratio: float = MAX_AREA_RATIO
+) -> np.ndarray:
+    """Return classes (H, W) uint8 for a binary mask, with 3 marking nucleus pixels of unknown class.
+
+    Components that are convex (solidity at least ``min_solidity``) and not
+    large (area at most ``max_area_ratio`` times the median component area)
+    are taken as single nuclei and get :func:`three_class_target`. Other
+    components may be several touching nuclei: their outer rim is still
+    boundary, and their inside becomes :data:`UNKNOWN_FOREGROUND`.
+
+    Args:
+        components: (H, W) connected-component labels of the mask, 0 background.
+    """
+    target = three_class_target(components)
+    regions = measure.regionprops(components.astype(np.int32))
+    if not regions:
+        return target
+    median_area = float(np.median([region.area for region in regions]))
+    for region in regions:
+        if region.solidity >= min_solidity and region.area <= max_area_ratio * median_area:
+            continue
+        rows, cols = region.coords[:, 0], region.coords[:, 1]
+        inside = target[rows, cols] == INTERIOR
+        target[rows[inside], cols[inside]] = UNKNOWN_FOREGROUND
+    return target
+
+
+def training_target(instances: np.ndarray, has_instances: bool) -> np.ndarray:
+    """Return the training target for a tile: :func:`three_class_target` or, for binary masks, :func:`binary_mask_target`."""
+    return three_class_target(instances) if has_instances else binary_mask_target(instances)

@@ -6,7 +6,8 @@ is interrupted and resumed from its checkpoint therefore draws the same
 batches as one that was not.
 
 Files in ``output_dir``: ``checkpoint.pt`` (the latest state, for
-``--resume``), ``best.safetensors`` (the model with the best validation Dice),
+``--resume``), ``best.safetensors`` (the model with the best validation AJI, or
+Dice where the validation labels do not separate nuclei),
 ``history.json`` (loss and validation metrics per step) and ``curves.png``.
 """
 
@@ -31,7 +32,8 @@ from histo_gedl.training.augment import training_augmentation
 from histo_gedl.training.config import TrainConfig
 from histo_gedl.training.data import LabelledTile, load_labelled_tiles
 from histo_gedl.slides.stain import lab_statistics, reinhard_normalise
-from histo_gedl.training.targets import three_class_target
+from histo_gedl.training.losses import PartialDiceCELoss
+from histo_gedl.training.targets import training_target
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,11 @@ def validate(model: SegmentationModel, tiles: list[LabelledTile]) -> dict:
     return result
 
 
+def selection_score(metrics: dict) -> float:
+    """Return the validation score that picks the best model: AJI where measured, else Dice."""
+    return metrics.get("aji", metrics.get("dice", float("nan")))
+
+
 def _freeze(model: SegmentationModel, mode: str) -> None:
     if mode == "none":
         return
@@ -188,8 +195,6 @@ def train(
             schedule of the full run, so that a long run can be split into
             sessions and continued with ``resume=True``.
     """
-    from monai.losses import DiceCELoss
-
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -214,7 +219,7 @@ def train(
         stain_target = lab_statistics([t.image for t in training])
         for tile in training + validation:
             tile.image = reinhard_normalise(tile.image, lab_statistics(tile.image), stain_target)
-    targets = [three_class_target(t.instances) for t in training]
+    targets = [training_target(t.instances, t.has_instances) for t in training]
     log.info("%d training and %d validation tiles at %.3f mpp", len(training), len(validation), config.mpp)
 
     if init_from is not None:
@@ -254,9 +259,9 @@ def train(
         start_step, history = int(state["step"]), state["history"]
         log.info("resuming %s at step %d", output_dir, start_step)
 
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_function = PartialDiceCELoss()
     augment = training_augmentation(config.patch_size, config.arbitrary_rotation)
-    best_dice = max((v["dice"] for v in history["validation"]), default=-1.0)
+    best_score = max((selection_score(v) for v in history["validation"]), default=-1.0)
     started = time.monotonic() - history["seconds"]
     progress = tqdm(
         range(start_step, config.steps), initial=start_step, total=config.steps,
@@ -283,8 +288,8 @@ def train(
             history["seconds"] = time.monotonic() - started
             progress.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
             log.info("step %d loss %.4f validation %s", done, loss.item(), metrics)
-            if not validation or metrics["dice"] > best_dice:
-                best_dice = metrics["dice"]
+            if not validation or selection_score(metrics) > best_score:
+                best_score = selection_score(metrics)
                 model.metadata.metrics = {**metrics, "step": done}
                 model.metadata.extra = dict(
                     model.metadata.extra, train_seconds=round(history["seconds"], 1), torch=torch.__version__
@@ -298,6 +303,6 @@ def train(
         if stopping:
             break
     progress.close()
-    best = max(history["validation"], key=lambda v: v.get("dice", -1.0), default={})
+    best = max(history["validation"], key=selection_score, default={})
     steps_done = history["loss_steps"][-1] if history["loss_steps"] else 0
     return TrainResult(output_dir, output_dir / BEST_NAME, steps_done, best, history)

@@ -1,0 +1,52 @@
+"""Dice plus cross-entropy for targets in which some nucleus pixels have no interior/boundary class.
+
+With only definite classes (0 background, 1 interior, 2 boundary) the loss
+equals MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)``: soft Dice per
+image and class, averaged, plus the mean cross-entropy. Pixels labelled
+:data:`~histo_gedl.training.targets.UNKNOWN_FOREGROUND` (3) count as nucleus:
+their cross-entropy is ``-log(p_interior + p_boundary)``, they take part in the
+background channel's Dice, and they are left out of the interior and boundary
+channels' Dice.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from histo_gedl.training.targets import UNKNOWN_FOREGROUND
+
+SMOOTH = 1e-5  # MONAI's default smoothing of the Dice numerator and denominator
+
+
+class PartialDiceCELoss(torch.nn.Module):
+    """Soft Dice + cross-entropy over three classes, with a fourth target value for "nucleus, class unknown"."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the scalar loss.
+
+        Args:
+            logits: (B, 3, H, W) raw scores for background, interior, boundary.
+            target: (B, H, W) or (B, 1, H, W) integers in 0..3.
+        """
+        if target.ndim == 4:
+            target = target[:, 0]
+        if logits.shape[1] != 3:
+            raise ValueError(f"PartialDiceCELoss needs 3 classes, got logits of shape {tuple(logits.shape)}")
+        target = target.long()
+        known = target != UNKNOWN_FOREGROUND
+        definite = torch.where(known, target, torch.zeros_like(target))
+        log_p = torch.log_softmax(logits, dim=1)
+
+        nll_known = -log_p.gather(1, definite[:, None])[:, 0]
+        nll_unknown = -torch.logsumexp(log_p[:, 1:], dim=1)
+        cross_entropy = torch.where(known, nll_known, nll_unknown).mean()
+
+        p = log_p.exp()
+        onehot = torch.nn.functional.one_hot(definite, 3).permute(0, 3, 1, 2).to(p.dtype)
+        onehot = onehot * known[:, None]  # unknown pixels: background target 0, others masked below
+        mask = torch.ones_like(p)
+        mask[:, 1:] = known[:, None].to(p.dtype)
+        intersection = (p * onehot * mask).sum(dim=(2, 3))
+        denominator = (p * mask).sum(dim=(2, 3)) + (onehot * mask).sum(dim=(2, 3))
+        dice = 1.0 - (2.0 * intersection + SMOOTH) / (denominator + SMOOTH)
+        return dice.mean() + cross_entropy

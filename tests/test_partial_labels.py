@@ -1,0 +1,145 @@
+"""Targets for binary masks with nuclei of unknown class, and the loss that accepts them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import measure
+
+from histo_gedl.training.data import load_labelled_tiles
+from histo_gedl.training.losses import PartialDiceCELoss
+from histo_gedl.training.targets import (
+    BACKGROUND,
+    BOUNDARY,
+    INTERIOR,
+    UNKNOWN_FOREGROUND,
+    binary_mask_target,
+    three_class_target,
+    training_target,
+)
+from histo_gedl.training.trainer import selection_score
+
+
+def _disc(shape, centre, radius):
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def _mask_with_single_and_merged_nuclei() -> np.ndarray:
+    """Three lone discs and one blob of two overlapping discs (a dumbbell)."""
+    shape = (48, 96)
+    mask = _disc(shape, (10, 10), 5) | _disc(shape, (10, 30), 5) | _disc(shape, (35, 12), 5)
+    mask |= _disc(shape, (30, 60), 6) | _disc(shape, (30, 71), 6)
+    return measure.label(mask, connectivity=1).astype(np.uint32)
+
+
+def test_single_nuclei_keep_full_targets():
+    components = _mask_with_single_and_merged_nuclei()
+    target = binary_mask_target(components)
+    full = three_class_target(components)
+    lone = components == components[10, 10]
+    assert (target[lone] == full[lone]).all()
+    assert target[10, 10] == INTERIOR
+
+
+def test_merged_blob_marked_unknown():
+    components = _mask_with_single_and_merged_nuclei()
+    target = binary_mask_target(components)
+    blob = components == components[30, 60]
+    assert target[30, 60] == UNKNOWN_FOREGROUND
+    assert target[30, 66] == UNKNOWN_FOREGROUND  # the waist where the two nuclei meet
+    rim = blob & (three_class_target(components) == BOUNDARY)
+    assert (target[rim] == BOUNDARY).all()
+    assert set(np.unique(target[blob])) == {BOUNDARY, UNKNOWN_FOREGROUND}
+    assert (target[components == 0] == BACKGROUND).all()
+
+
+def test_large_convex_blob_is_unknown():
+    components = np.zeros((64, 64), np.uint32)
+    for index, (row, col) in enumerate([(8, 8), (8, 24), (24, 8)], start=1):
+        components[_disc(components.shape, (row, col), 6)] = index
+    components[_disc(components.shape, (45, 45), 15)] = 4  # convex, but about six times the median area
+    target = binary_mask_target(components)
+    assert target[45, 45] == UNKNOWN_FOREGROUND
+    assert target[8, 8] == INTERIOR
+
+
+def test_training_target_uses_full_classes_for_instances():
+    components = _mask_with_single_and_merged_nuclei()
+    assert (training_target(components, True) == three_class_target(components)).all()
+    assert (training_target(components, False) == binary_mask_target(components)).all()
+    assert (binary_mask_target(np.zeros((5, 5), np.uint32)) == BACKGROUND).all()
+
+
+def test_loss_equals_monai_dice_ce_on_definite_targets():
+    from monai.losses import DiceCELoss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 24, 24, generator=generator)
+    target = torch.randint(0, 3, (2, 1, 24, 24), generator=generator)
+    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, target)
+    assert PartialDiceCELoss()(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_loss_ignores_unknown_pixel_split():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 3, 16, 16, generator=generator)
+    target = torch.randint(0, 3, (1, 16, 16), generator=generator)
+    target[0, 4:10, 4:10] = UNKNOWN_FOREGROUND
+    swapped = logits.clone()
+    swapped[0, 1:, 4:10, 4:10] = logits[0, [2, 1], 4:10, 4:10]
+    loss = PartialDiceCELoss()
+    assert loss(swapped, target).item() == pytest.approx(loss(logits, target).item(), rel=1e-6)
+    # The same swap on pixels of known class changes the loss.
+    target[0, 4:10, 4:10] = INTERIOR
+    assert loss(swapped, target).item() != pytest.approx(loss(logits, target).item(), rel=1e-3)
+
+
+def test_loss_pushes_unknown_pixels_towards_nucleus():
+    logits = torch.zeros(1, 3, 8, 8, requires_grad=True)
+    target = torch.full((1, 8, 8), UNKNOWN_FOREGROUND)
+    target[0, :, :2] = BACKGROUND
+    PartialDiceCELoss()(logits, target).backward()
+    gradient = logits.grad[0, :, 4, 4]
+    assert gradient[0] > 0  # descending lowers the background score
+    assert gradient[1] < 0
+    assert gradient[2] < 0
+
+
+def test_loss_rejects_other_class_counts():
+    with pytest.raises(ValueError, match="3 classes"):
+        PartialDiceCELoss()(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+def test_selection_prefers_aji():
+    assert selection_score({"dice": 0.9, "aji": 0.5}) == 0.5
+    assert selection_score({"dice": 0.9}) == 0.9
+
+
+def test_solidity_rule_on_monuseg_masks(monuseg_dir):
+    """The figures given next to MIN_SOLIDITY and MAX_AREA_RATIO in targets.py, at 0.5 µm/px."""
+    names = sorted(path.stem for path in (monuseg_dir / "instance_masks").glob("*.png"))
+    loaded = {
+        folder: load_labelled_tiles(monuseg_dir / "images", [monuseg_dir / folder], 0.5, monuseg_dir / "mpp.csv", names)
+        for folder in ("instance_masks", "binary_masks")
+    }
+    kept = merged_kept = merged = merged_caught = total = 0
+    for with_instances, binary in zip(loaded["instance_masks"], loaded["binary_masks"]):
+        assert binary.label_kind == "binary"
+        components = binary.instances
+        target = binary_mask_target(components)
+        for region in measure.regionprops(components.astype(np.int32)):
+            rows, cols = region.coords[:, 0], region.coords[:, 1]
+            labels, counts = np.unique(with_instances.instances[rows, cols], return_counts=True)
+            # A component is merged when more than one nucleus has over 4 of its pixels.
+            is_merged = int(((labels > 0) & (counts > 4)).sum()) > 1
+            is_kept = not (target[rows, cols] == UNKNOWN_FOREGROUND).any()
+            total += 1
+            kept += is_kept
+            merged += is_merged
+            merged_kept += is_kept and is_merged
+            merged_caught += is_merged and not is_kept
+    assert kept / total == pytest.approx(0.71, abs=0.01)
+    assert merged_kept / kept == pytest.approx(0.017, abs=0.002)
+    assert merged_caught / merged == pytest.approx(0.91, abs=0.01)
