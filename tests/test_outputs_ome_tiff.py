@@ -256,3 +256,23 @@ def test_rejects_bad_input(tmp_path, image, options, message):
 def test_rejects_missing_folder(tmp_path, class_map):
     with pytest.raises(InvalidParameterError, match="does not exist"):
         write_pyramidal_ome_tiff(tmp_path / "missing" / "out.ome.tif", class_map, MPP)
+
+
+@pytest.mark.parametrize("kind", ["labels", "image"])
+def test_blocks_match_whole_rows(tmp_path, monkeypatch, kind):
+    rng = np.random.default_rng(5)
+    if kind == "labels":
+        pixels = rng.integers(0, 2**20, size=(1030, 1370), dtype=np.uint32)
+    else:
+        pixels = rng.integers(0, 256, size=(1030, 1371, 3), dtype=np.uint8)
+    source = zarr.create_array(
+        store=str(tmp_path / "source.zarr"), shape=pixels.shape, chunks=(256, 256, *pixels.shape[2:]),
+        dtype=pixels.dtype,
+    )
+    source[:] = pixels
+    whole_rows = read_levels(write_pyramidal_ome_tiff(tmp_path / "rows.ome.tif", source, MPP, kind=kind))
+    monkeypatch.setattr(ome_tiff, "BLOCK_TILES", 1)  # blocks of one tile, with a partial last block
+    blocks = read_levels(write_pyramidal_ome_tiff(tmp_path / "blocks.ome.tif", source, MPP, kind=kind))
+    assert len(blocks) == len(whole_rows) == 4
+    for by_block, by_row in zip(blocks, whole_rows, strict=True):
+        assert np.array_equal(by_block, by_row)

@@ -65,10 +65,11 @@ def test_large_convex_blob_is_unknown():
     assert target[8, 8] == INTERIOR
 
 
-def test_training_target_uses_full_classes_for_instances():
+def test_training_target_modes():
     components = _mask_with_single_and_merged_nuclei()
     assert (training_target(components, True) == three_class_target(components)).all()
     assert (training_target(components, False) == binary_mask_target(components)).all()
+    assert (training_target(components, False, "components") == three_class_target(components)).all()
     assert (binary_mask_target(np.zeros((5, 5), np.uint32)) == BACKGROUND).all()
 
 
@@ -115,6 +116,18 @@ def test_loss_rejects_other_class_counts():
 def test_selection_prefers_aji():
     assert selection_score({"dice": 0.9, "aji": 0.5}) == 0.5
     assert selection_score({"dice": 0.9}) == 0.9
+    assert selection_score({"dice": 0.9, "aji": 0.5}, "dice") == 0.9
+
+
+@pytest.mark.parametrize("key, value", [("binary_masks", "merged"), ("select_by", "pq")])
+def test_config_rejects_unknown_choice(tmp_path, key, value):
+    from histo_gedl.errors import InvalidParameterError
+    from histo_gedl.training.config import load_train_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(f"{key}: {value}\n")
+    with pytest.raises(InvalidParameterError, match=f"{key} must be one of"):
+        load_train_config(path)
 
 
 def test_solidity_rule_on_monuseg_masks(monuseg_dir):

@@ -40,6 +40,9 @@ from histo_gedl.outputs._atomic import atomic_path
 log = logging.getLogger(__name__)
 
 LABEL_DTYPES = (np.uint8, np.uint16, np.uint32)
+#: Levels are built and written in blocks of one tile row by this many tiles,
+#: so memory does not grow with the image's width.
+BLOCK_TILES = 8
 COMPRESSIONS = ("zlib", "lzw", "zstd", "jpeg", None)
 #: Above this many uncompressed bytes in all levels the file is written as
 #: BigTIFF, because classic TIFF offsets are 32-bit. Compression usually
@@ -176,7 +179,7 @@ def _check_arguments(
 def _build_levels(
     image: Any, shapes: list[tuple[int, int]], kind: str, tile_size: int, scratch: Path
 ) -> list[Any]:
-    """Compute the reduced levels, each from the one above, one strip of rows at a time."""
+    """Compute the reduced levels, each from the one above, one block of :data:`BLOCK_TILES` tiles at a time."""
     levels = [image]
     channels = tuple(image.shape[2:])
     in_memory = isinstance(image, np.ndarray)
@@ -191,10 +194,13 @@ def _build_levels(
                 dtype=image.dtype,
             )
         above = levels[-1]
+        block_width = BLOCK_TILES * tile_size
         for row0 in range(0, height, tile_size):
             row1 = min(row0 + tile_size, height)
-            strip = np.asarray(above[2 * row0 : 2 * row1])
-            level[row0:row1] = _reduce(strip, kind)
+            for col0 in range(0, width, block_width):
+                col1 = min(col0 + block_width, width)
+                block = np.asarray(above[2 * row0 : 2 * row1, 2 * col0 : 2 * col1])
+                level[row0:row1, col0:col1] = _reduce(block, kind)
         levels.append(level)
     return levels
 
@@ -213,12 +219,14 @@ def _reduce(strip: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _iter_tiles(level: Any, tile_size: int) -> Iterator[np.ndarray]:
-    """Yield the tiles of a level in TIFF order (row by row), reading one tile row at a time."""
+    """Yield the tiles of a level in TIFF order (row by row), reading :data:`BLOCK_TILES` tiles at a time."""
     height, width = level.shape[:2]
+    block_width = BLOCK_TILES * tile_size
     for row0 in range(0, height, tile_size):
-        strip = np.asarray(level[row0 : row0 + tile_size])
-        for col0 in range(0, width, tile_size):
-            yield np.ascontiguousarray(strip[:, col0 : col0 + tile_size])
+        for block0 in range(0, width, block_width):
+            block = np.asarray(level[row0 : row0 + tile_size, block0 : block0 + block_width])
+            for col0 in range(0, block.shape[1], tile_size):
+                yield np.ascontiguousarray(block[:, col0 : col0 + tile_size])
 
 
 def _write_levels(

@@ -19,6 +19,8 @@ from histo_gedl.models.config import ModelConfig
 
 FREEZE_CHOICES = ("none", "encoder", "all_but_head")
 STAIN_CHOICES = ("none", "reinhard")
+BINARY_MASK_CHOICES = ("partial", "components")
+SELECT_BY_CHOICES = ("aji", "dice")
 
 
 @dataclass
@@ -69,12 +71,25 @@ class TrainConfig:
     stain_normalisation: str = "none"
     #: Stop early once this much wall time (seconds) has passed; 0 means no limit.
     time_limit: float = 0.0
+    #: Targets from binary masks: "partial" leaves the inside of blobs that may
+    #: be several nuclei without an interior/boundary class (see
+    #: histo_gedl.training.targets); "components" takes every blob as one nucleus.
+    binary_masks: str = "partial"
+    #: Validation score that picks best.safetensors: "aji" (Dice where the
+    #: validation labels do not separate nuclei) or "dice".
+    select_by: str = "aji"
 
     def __post_init__(self) -> None:
         if self.stain_normalisation not in STAIN_CHOICES:
             raise InvalidParameterError(
                 f"stain_normalisation must be one of {STAIN_CHOICES}, got {self.stain_normalisation!r}"
             )
+        if self.binary_masks not in BINARY_MASK_CHOICES:
+            raise InvalidParameterError(
+                f"binary_masks must be one of {BINARY_MASK_CHOICES}, got {self.binary_masks!r}"
+            )
+        if self.select_by not in SELECT_BY_CHOICES:
+            raise InvalidParameterError(f"select_by must be one of {SELECT_BY_CHOICES}, got {self.select_by!r}")
         if self.freeze not in FREEZE_CHOICES:
             raise InvalidParameterError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
         stride = self.model.total_stride

@@ -72,6 +72,14 @@ def binary_mask_target(
     return target
 
 
-def training_target(instances: np.ndarray, has_instances: bool) -> np.ndarray:
-    """Return the training target for a tile: :func:`three_class_target` or, for binary masks, :func:`binary_mask_target`."""
-    return three_class_target(instances) if has_instances else binary_mask_target(instances)
+def training_target(instances: np.ndarray, has_instances: bool, binary_masks: str = "partial") -> np.ndarray:
+    """Return the training target for a tile.
+
+    Tiles with instance labels get :func:`three_class_target`. Binary masks
+    get :func:`binary_mask_target` when ``binary_masks`` is "partial", and
+    :func:`three_class_target` of their connected components when it is
+    "components".
+    """
+    if has_instances or binary_masks == "components":
+        return three_class_target(instances)
+    return binary_mask_target(instances)

@@ -6,8 +6,8 @@ is interrupted and resumed from its checkpoint therefore draws the same
 batches as one that was not.
 
 Files in ``output_dir``: ``checkpoint.pt`` (the latest state, for
-``--resume``), ``best.safetensors`` (the model with the best validation AJI, or
-Dice where the validation labels do not separate nuclei),
+``--resume``), ``best.safetensors`` (the model with the best validation score,
+AJI or Dice as ``select_by`` says),
 ``history.json`` (loss and validation metrics per step) and ``curves.png``.
 """
 
@@ -122,9 +122,14 @@ def validate(model: SegmentationModel, tiles: list[LabelledTile]) -> dict:
     return result
 
 
-def selection_score(metrics: dict) -> float:
-    """Return the validation score that picks the best model: AJI where measured, else Dice."""
-    return metrics.get("aji", metrics.get("dice", float("nan")))
+def selection_score(metrics: dict, select_by: str = "aji") -> float:
+    """Return the validation score that picks the best model.
+
+    That is AJI where it was measured and ``select_by`` is "aji", else Dice.
+    """
+    if select_by == "aji" and "aji" in metrics:
+        return metrics["aji"]
+    return metrics.get("dice", float("nan"))
 
 
 def _freeze(model: SegmentationModel, mode: str) -> None:
@@ -219,7 +224,7 @@ def train(
         stain_target = lab_statistics([t.image for t in training])
         for tile in training + validation:
             tile.image = reinhard_normalise(tile.image, lab_statistics(tile.image), stain_target)
-    targets = [training_target(t.instances, t.has_instances) for t in training]
+    targets = [training_target(t.instances, t.has_instances, config.binary_masks) for t in training]
     log.info("%d training and %d validation tiles at %.3f mpp", len(training), len(validation), config.mpp)
 
     if init_from is not None:
@@ -261,7 +266,7 @@ def train(
 
     loss_function = PartialDiceCELoss()
     augment = training_augmentation(config.patch_size, config.arbitrary_rotation)
-    best_score = max((selection_score(v) for v in history["validation"]), default=-1.0)
+    best_score = max((selection_score(v, config.select_by) for v in history["validation"]), default=-1.0)
     started = time.monotonic() - history["seconds"]
     progress = tqdm(
         range(start_step, config.steps), initial=start_step, total=config.steps,
@@ -288,8 +293,8 @@ def train(
             history["seconds"] = time.monotonic() - started
             progress.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
             log.info("step %d loss %.4f validation %s", done, loss.item(), metrics)
-            if not validation or selection_score(metrics) > best_score:
-                best_score = selection_score(metrics)
+            if not validation or selection_score(metrics, config.select_by) > best_score:
+                best_score = selection_score(metrics, config.select_by)
                 model.metadata.metrics = {**metrics, "step": done}
                 model.metadata.extra = dict(
                     model.metadata.extra, train_seconds=round(history["seconds"], 1), torch=torch.__version__
@@ -303,6 +308,6 @@ def train(
         if stopping:
             break
     progress.close()
-    best = max(history["validation"], key=selection_score, default={})
+    best = max(history["validation"], key=lambda v: selection_score(v, config.select_by), default={})
     steps_done = history["loss_steps"][-1] if history["loss_steps"] else 0
     return TrainResult(output_dir, output_dir / BEST_NAME, steps_done, best, history)
