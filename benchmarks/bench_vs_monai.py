@@ -70,20 +70,23 @@ MPP_TOLERANCE = 0.05
 
 
 class ExportedPredictor:
-    """Softmax probabilities of an exported model for batches of RGB tiles, as ``ModelPredictor`` gives.
+    """histo-gedl's ``ModelPredictor``, with its exported network also open to MONAI.
 
-    Satisfies :class:`histo_gedl.inference.predict.TilePredictor`: tiles
+    Calling it runs ``ModelPredictor`` as ``histo-gedl infer`` does: tiles
     (B, H, W, 3) uint8 in, probabilities (B, C, H, W) float32 out.
+    :meth:`probabilities` runs the same exported network on float batches,
+    for MONAI's inferer.
     """
 
     def __init__(self, model, device: str) -> None:
-        from histo_gedl.models.export import export_torch
+        from histo_gedl.inference.predict import ModelPredictor
 
-        self.network = export_torch(model).to(device).eval()
+        self.predictor = ModelPredictor(model, device=device)
+        self.network = self.predictor.model
         self.device = device
-        self.classes = tuple(model.config.classes)
-        self.stride = model.config.total_stride
-        self.receptive_field = model.config.receptive_field_radius()
+        self.classes = self.predictor.classes
+        self.stride = self.predictor.stride
+        self.receptive_field = self.predictor.receptive_field
 
     def probabilities(self, images):
         """Map float images (B, 3, H, W) in [0, 1] on the device to probabilities (B, C, H, W)."""
@@ -93,11 +96,7 @@ class ExportedPredictor:
             return torch.softmax(self.network(images), dim=1)
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        import torch
-
-        images = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
-        images = images.permute(0, 3, 1, 2).float() / 255.0
-        return self.probabilities(images).cpu().numpy()
+        return self.predictor(tiles)
 
 
 def _rss_now() -> int:

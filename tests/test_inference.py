@@ -322,3 +322,18 @@ def test_invalid_micro_batch_rejected(micro_batch, tiny_model):
 
     with pytest.raises(InvalidParameterError, match="invalid micro_batch"):
         ModelPredictor(load_model(tiny_model), micro_batch=micro_batch)
+
+
+@pytest.mark.parametrize("tta", ["none", "rot90", "dihedral"])
+def test_model_gets_channels_last_input(tta):
+    from histo_gedl.inference.predict import ModelPredictor
+
+    model = build_model(ModelConfig(kind="plain", width=1, depth=1), ModelMetadata(name="spy", mpp=0.5))
+    layouts = []
+    model.net.register_forward_pre_hook(
+        lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    tiles = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    ModelPredictor(model, tta=tta, export=False)(tiles)
+    assert len(layouts) == {"none": 2, "rot90": 8, "dihedral": 16}[tta]
+    assert all(layouts)

@@ -7,7 +7,7 @@ batches as one that was not.
 
 Files in ``output_dir``: ``checkpoint.pt`` (the latest state, for
 ``--resume``), ``best.safetensors`` (the model with the best validation score,
-AJI or Dice as ``select_by`` says),
+AJI or Dice, chosen by ``select_by``),
 ``history.json`` (loss and validation metrics per step) and ``curves.png``.
 """
 
