@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(HEADERS, rows))
     print()
     print("Peak RSS is that of the whole worker process (interpreter, torch and model included).")
+    if args.quick:
+        print("Quick mode uses small tiles and one call, which do not show how larger tiles behave; "
+              "run without --quick for figures to compare.")
     return 0
 
 

@@ -356,7 +356,7 @@ def _run_train(args: argparse.Namespace) -> int:
     config = load_train_config(args.config, overrides)
     result = train(config, resume=args.resume, init_from=args.init_from)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in result.best_metrics.items() if isinstance(v, float))
-    print(f"trained {result.steps_done} steps; best validation: {metrics or 'none'}")
+    print(f"trained {result.steps_done} steps; best validation (selected by {config.select_by}): {metrics or 'none'}")
     print(f"model: {result.best_model}")
     return 0
 

@@ -166,3 +166,18 @@ def test_holes_filled_by_size(tmp_path: Path) -> None:
         tissue = detect_tissue(slide)
     assert tissue.fraction((120, 120), (120, 120)) == 1.0
     assert tissue.fraction((550, 350), (200, 200)) == 0.0
+
+
+def test_saturation_matches_skimage_hsv(slides_dir: Path) -> None:
+    from skimage import color, filters
+
+    from histo_gedl.slides.tissue import MAX_SATURATION_THRESHOLD, MIN_SATURATION, _threshold_saturation
+
+    with open_slide(slides_dir / "cmu-1-small-region.svs") as slide:
+        image = slide.read_region((0, 0), (555, 742), 2.0)
+    saturation = filters.gaussian(color.rgb2hsv(image)[:, :, 1], sigma=1.0)
+    threshold = min(max(filters.threshold_otsu(saturation), MIN_SATURATION), MAX_SATURATION_THRESHOLD)
+    expected = saturation > threshold
+    mask = _threshold_saturation(image)
+    assert mask.mean() > 0.2
+    assert np.mean(mask != expected) < 1e-4

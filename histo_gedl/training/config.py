@@ -86,10 +86,12 @@ class TrainConfig:
             )
         if self.binary_masks not in BINARY_MASK_CHOICES:
             raise InvalidParameterError(
-                f"binary_masks must be one of {BINARY_MASK_CHOICES}, got {self.binary_masks!r}"
+                f"binary_masks must be one of {', '.join(BINARY_MASK_CHOICES)}, got {self.binary_masks!r}"
             )
         if self.select_by not in SELECT_BY_CHOICES:
-            raise InvalidParameterError(f"select_by must be one of {SELECT_BY_CHOICES}, got {self.select_by!r}")
+            raise InvalidParameterError(
+                f"select_by must be one of {', '.join(SELECT_BY_CHOICES)}, got {self.select_by!r}"
+            )
         if self.freeze not in FREEZE_CHOICES:
             raise InvalidParameterError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
         stride = self.model.total_stride
@@ -143,4 +145,7 @@ def load_train_config(path: str | os.PathLike, overrides: dict | None = None) ->
     model = ModelConfig.from_dict(raw.pop("model", {}) or {})
     if "output_dir" in raw:
         raw["output_dir"] = _expand(raw["output_dir"], Path.cwd())
-    return TrainConfig(model=model, data=DataConfig(**data), **raw)
+    try:
+        return TrainConfig(model=model, data=DataConfig(**data), **raw)
+    except InvalidParameterError as error:
+        raise InvalidParameterError(f"{path}: {error}") from error
