@@ -330,3 +330,20 @@ def test_tifffile_log_kept_quiet(slides_dir: Path, tmp_path: Path, caplog: pytes
     assert tifffile_records == []
     assert forwarded[0].levelname == "DEBUG"
     assert logging.getLogger("tifffile").propagate
+
+
+def test_to_rgb_composites_alpha_on_white() -> None:
+    from histo_gedl.slides.backends import _composite_on_white, to_rgb
+
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (600, 7, 4), dtype=np.uint8)
+    colour = pixels[:, :, :3].astype(np.float64)
+    alpha = pixels[:, :, 3:].astype(np.float64) / 255.0
+    expected = np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    assert np.array_equal(to_rgb(pixels), expected)
+    assert np.array_equal(_composite_on_white(pixels, rows_per_block=64), expected)  # several blocks
+    opaque = pixels.copy()
+    opaque[:, :, 3] = 255
+    assert np.array_equal(to_rgb(opaque), pixels[:, :, :3])
+    grey_alpha = pixels[:, :, [0, 3]]
+    assert np.array_equal(to_rgb(grey_alpha), np.repeat(expected[:, :, :1], 3, axis=2))

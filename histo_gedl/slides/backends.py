@@ -69,14 +69,24 @@ def to_rgb(pixels: np.ndarray) -> np.ndarray:
         pixels = pixels[:, :, np.newaxis]
     channels = pixels.shape[2]
     if channels in (2, 4):
-        colour = pixels[:, :, :-1].astype(np.float32)
-        alpha = pixels[:, :, -1:].astype(np.float32) / 255.0
-        composited = colour * alpha + 255.0 * (1.0 - alpha)
-        pixels = np.rint(composited).astype(np.uint8)
+        alpha = pixels[:, :, -1]
+        # Slides are almost always opaque, and then no float copy is needed.
+        pixels = pixels[:, :, :-1] if alpha.min() == 255 else _composite_on_white(pixels)
         channels -= 1
     if channels == 1:
         return np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(pixels)
+
+
+def _composite_on_white(pixels: np.ndarray, rows_per_block: int = 256) -> np.ndarray:
+    """Composite (h, w, c + 1) uint8 colour + alpha on white, a block of rows at a time to bound memory."""
+    out = np.empty(pixels.shape[:2] + (pixels.shape[2] - 1,), dtype=np.uint8)
+    for row in range(0, pixels.shape[0], rows_per_block):
+        block = pixels[row : row + rows_per_block]
+        colour = block[:, :, :-1].astype(np.float32)
+        alpha = block[:, :, -1:].astype(np.float32) / 255.0
+        out[row : row + rows_per_block] = np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return out
 
 
 def _downsamples(level_dimensions: list[tuple[int, int]]) -> tuple[float, ...]:

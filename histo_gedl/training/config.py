@@ -71,9 +71,9 @@ class TrainConfig:
     stain_normalisation: str = "none"
     #: Stop early once this much wall time (seconds) has passed; 0 means no limit.
     time_limit: float = 0.0
-    #: Targets from binary masks. "partial" gives the inside of blobs that may be
-    #: several nuclei no interior/boundary class (see histo_gedl.training.targets).
-    #: "components" takes every blob as one nucleus.
+    #: Targets from binary masks. "partial" leaves the inside of blobs that may be
+    #: merged nuclei without an interior/boundary class (see
+    #: histo_gedl.training.targets). "components" takes every blob as one nucleus.
     binary_masks: str = "partial"
     #: Validation score that picks best.safetensors: "aji" (Dice where the
     #: validation labels do not separate nuclei) or "dice".
