@@ -301,7 +301,7 @@ def test_unknown_device_rejected(tmp_path, cmu_crop, tiny_model, capsys):
     assert "unknown device 'tpu'" in err
 
 
-def test_micro_batches_give_the_whole_batch_result(cmu_crop, shipped_model):
+def test_micro_batches_match_whole_batch(cmu_crop, shipped_model):
     from histo_gedl.inference.predict import ModelPredictor
     from histo_gedl.models import load_model
 

@@ -23,10 +23,10 @@ def test_release_returns_fragmented_heap_memory():
     # Many small blocks live on glibc's heap. Freeing all but every 50th leaves
     # holes that the heap keeps until it is trimmed.
     blocks = [np.ones(8192, np.uint8) for _ in range(40000)]
-    kept = blocks[::50]
+    survivors = blocks[::50]
     del blocks
     before = _resident_kib()
     assert release_free_memory() is True
     after = _resident_kib()
     assert before - after > 100 * 1024  # at least 100 MiB of the 320 MiB freed went back
-    assert all(block[0] == 1 for block in kept)
+    assert all(block[0] == 1 for block in survivors)

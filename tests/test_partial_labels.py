@@ -137,7 +137,7 @@ def test_solidity_rule_on_monuseg_masks(monuseg_dir):
         folder: load_labelled_tiles(monuseg_dir / "images", [monuseg_dir / folder], 0.5, monuseg_dir / "mpp.csv", names)
         for folder in ("instance_masks", "binary_masks")
     }
-    kept = merged_kept = merged = merged_caught = total = 0
+    kept_count = merged_kept = merged = merged_caught = total = 0
     for with_instances, binary in zip(loaded["instance_masks"], loaded["binary_masks"]):
         assert binary.label_kind == "binary"
         components = binary.instances
@@ -149,10 +149,10 @@ def test_solidity_rule_on_monuseg_masks(monuseg_dir):
             is_merged = int(((labels > 0) & (counts > 4)).sum()) > 1
             is_kept = not (target[rows, cols] == UNKNOWN_FOREGROUND).any()
             total += 1
-            kept += is_kept
+            kept_count += is_kept
             merged += is_merged
             merged_kept += is_kept and is_merged
             merged_caught += is_merged and not is_kept
-    assert kept / total == pytest.approx(0.71, abs=0.01)
-    assert merged_kept / kept == pytest.approx(0.017, abs=0.002)
+    assert kept_count / total == pytest.approx(0.71, abs=0.01)
+    assert merged_kept / kept_count == pytest.approx(0.017, abs=0.002)
     assert merged_caught / merged == pytest.approx(0.91, abs=0.01)

@@ -51,7 +51,8 @@ class InferenceOptions:
     Attributes:
         tile_size: width of the model input per tile, in pixels at
             the read mpp (core plus halos); rounded down to the model's stride.
-        batch_size: tiles per forward pass.
+        batch_size: tiles read and stitched per step; the predictor decides
+            how many of them go through the model at once.
         stitch: "exact" (default) or "gaussian"; see :mod:`histo_gedl.inference.stitch`.
         resume: continue an interrupted run from its finished tiles.
         overwrite: delete earlier outputs of the same slide first.
