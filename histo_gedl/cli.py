@@ -266,12 +266,15 @@ def _add_infer(subparsers) -> None:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
+    from histo_gedl._memory import limit_retained_memory
     from histo_gedl.errors import InvalidParameterError
     from histo_gedl.inference.plan import halo_and_min_tile_size
     from histo_gedl.inference.predict import ModelPredictor
     from histo_gedl.inference.run import InferenceOptions, infer_slides
     from histo_gedl.models import file_sha256, load_model, resolve_model_path
 
+    # zarr and PyTorch threads would each keep a heap of freed memory otherwise.
+    limit_retained_memory()
     if args.batch_size < 1:
         raise InvalidParameterError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.resume and args.overwrite:

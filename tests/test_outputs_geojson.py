@@ -236,3 +236,26 @@ def test_tiled_reads_bounded_windows():
     list(features_from_label_source(source, labels.shape, block=100, margin=20))
     assert len(windows) == 3 * 3
     assert max(max(window) for window in windows) <= 100 + 2 * 20
+
+
+@pytest.mark.parametrize("labels", [
+    np.array([[0, 7, 7], [4_000_000_000, 0, 7]], dtype=np.uint32),  # ids far apart
+    np.full((3, 4), 5, dtype=np.uint16),  # no background at all
+    np.zeros((2, 2), dtype=np.int32),  # nothing labelled
+])
+def test_compact_labels_round_trip(labels):
+    from histo_gedl.outputs.geojson import _compact_labels
+
+    ids, compact = _compact_labels(labels)
+    assert ids[0] == 0
+    assert compact.dtype == np.int32 and compact.shape == labels.shape
+    np.testing.assert_array_equal(ids[compact], labels)
+    assert np.array_equal(np.unique(compact[compact > 0]), np.arange(1, ids.size))
+
+
+def test_window_without_background_gives_one_feature():
+    features = list(features_from_label_source(lambda r0, r1, c0, c1: np.full((r1 - r0, c1 - c0), 9, np.uint32),
+                                               (40, 30), block=64, margin=8))
+    assert len(features) == 1
+    assert features[0]["properties"]["label"] == 9
+    assert shape(features[0]["geometry"]).area == pytest.approx(40 * 30, rel=0.01)

@@ -279,7 +279,7 @@ def export_outputs(slide, plan: InferencePlan, classes, instances, slide_dir: Pa
     write_pyramidal_ome_tiff(slide_dir / "instances.ome.tif", instances0, plan.slide_mpp, kind="labels")
     release_free_memory()
     features = features_from_label_source(
-        lambda r0, r1, c0, c1: instances[r0:r1, c0:c1], instances.shape, block=2048, margin=64,
+        lambda r0, r1, c0, c1: instances[r0:r1, c0:c1], instances.shape, block=4 * CHUNK, margin=64,
         scale=plan.scale,
     )
     write_geojson(slide_dir / "nuclei.geojson", features)

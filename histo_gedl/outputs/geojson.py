@@ -85,7 +85,7 @@ def instances_to_features(
 def features_from_label_source(
     label_source: LabelSource,
     shape: tuple[int, int],
-    block: int = 2048,
+    block: int = 1024,
     margin: int = 128,
     scale: float = 1.0,
     offset: tuple[float, float] = (0.0, 0.0),
@@ -231,12 +231,7 @@ def _iter_features(
     """Yield one feature per label; ``keep(row, col)`` filters by centroid in window pixels."""
     labels = np.asarray(labels)
     _check_feature_options(labels, scale, offset, classification, color, simplify_tolerance)
-    ids, compact = np.unique(labels, return_inverse=True)
-    compact = compact.reshape(labels.shape)
-    if ids[0] != 0:
-        # No background: shift so that compact index 0 stays unused.
-        ids = np.concatenate(([0], ids))
-        compact = compact + 1
+    ids, compact = _compact_labels(labels)
     boxes = ndi.find_objects(compact)
     height, width = labels.shape
     cut = 0
@@ -266,6 +261,21 @@ def _iter_features(
 
     if cut:
         log.warning("%d nuclei touch an inner window edge and may be cut; increase margin", cut)
+
+
+def _compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber labels 1..k; return (ids, compact) with ``ids[compact] == labels`` and ``ids[0] == 0``.
+
+    Works on the labelled pixels only, so its temporary memory grows with the
+    nuclei in the window, not with the window (``np.unique`` with
+    ``return_inverse`` on the whole window made several int64 copies of it).
+    """
+    flat = labels.reshape(-1)
+    where = np.flatnonzero(flat)
+    ids, inverse = np.unique(flat[where], return_inverse=True)
+    compact = np.zeros(flat.size, dtype=np.int32)
+    compact[where] = inverse.astype(np.int32) + 1
+    return np.concatenate(([0], ids)).astype(labels.dtype, copy=False), compact.reshape(labels.shape)
 
 
 def _touches_edges(box: tuple[slice, slice], shape: tuple[int, int], inner_edges: tuple[bool, bool, bool, bool]) -> bool:
