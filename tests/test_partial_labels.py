@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from skimage import measure
 
 from histo_gedl.training.data import load_labelled_tiles
-from histo_gedl.training.losses import PartialDiceCELoss
+from histo_gedl.training.losses import PartialDiceCELoss, contact_pixels
 from histo_gedl.training.targets import (
     BACKGROUND,
     BOUNDARY,
@@ -18,7 +19,7 @@ from histo_gedl.training.targets import (
     three_class_target,
     training_target,
 )
-from histo_gedl.training.trainer import selection_score
+from histo_gedl.training.trainer import WeightAverage, selection_score
 
 
 def _disc(shape, centre, radius):
@@ -156,3 +157,108 @@ def test_solidity_rule_on_monuseg_masks(monuseg_dir):
     assert kept_count / total == pytest.approx(0.71, abs=0.01)
     assert merged_kept / kept_count == pytest.approx(0.017, abs=0.002)
     assert merged_caught / merged == pytest.approx(0.91, abs=0.01)
+
+
+# --- contact weighting --------------------------------------------------------------------
+
+
+def _two_touching_squares() -> np.ndarray:
+    """Instances: two 6x6 squares side by side, touching along one column, inside a 16x20 canvas."""
+    instances = np.zeros((16, 20), dtype=np.uint32)
+    instances[5:11, 3:9] = 1
+    instances[5:11, 9:15] = 2
+    return instances
+
+
+def test_contact_pixels_are_where_nuclei_touch():
+    target = torch.from_numpy(three_class_target(_two_touching_squares()).astype(np.int64))[None]
+    contact = contact_pixels(target)[0].numpy()
+    # The two facing columns, less their end pixels, which touch background above or below.
+    expected = np.zeros_like(contact)
+    expected[6:10, 8:10] = True
+    np.testing.assert_array_equal(contact, expected)
+
+
+def test_lone_nucleus_has_no_contact_pixels():
+    instances = _two_touching_squares()
+    instances[instances == 2] = 0
+    target = torch.from_numpy(three_class_target(instances).astype(np.int64))[None]
+    assert not contact_pixels(target).any()
+
+
+def test_patch_edge_makes_no_contacts():
+    """Pixels outside the patch count as background."""
+    instances = np.zeros((8, 8), dtype=np.uint32)
+    instances[:, :4] = 1  # fills the left half, top to bottom
+    target = torch.from_numpy(three_class_target(instances).astype(np.int64))[None]
+    target[0, 0, 0] = BOUNDARY  # the corner as if the nucleus continued beyond the edge
+    assert not contact_pixels(target).any()
+
+
+def test_contact_weight_raises_only_contact_pixel_loss():
+    target = torch.from_numpy(three_class_target(_two_touching_squares()).astype(np.int64))[None]
+    contact = contact_pixels(target)
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 3, *target.shape[1:], generator=generator)
+    plain, weighted = PartialDiceCELoss(), PartialDiceCELoss(contact_weight=3.0)
+    log_p = torch.log_softmax(logits, dim=1)
+    nll = -log_p.gather(1, target[:, None])[:, 0]
+    # The weighted loss adds 3 x the contact pixels' cross-entropy, averaged over all pixels.
+    extra = 3.0 * nll[contact].sum() / nll.numel()
+    assert weighted(logits, target).item() == pytest.approx((plain(logits, target) + extra).item(), rel=1e-6)
+    # With the logits of the contact pixels made perfect, the weight no longer matters.
+    perfect = logits.clone()
+    perfect[0, :, contact[0]] = torch.tensor([-20.0, -20.0, 20.0])[:, None]
+    assert weighted(perfect, target).item() == pytest.approx(plain(perfect, target).item(), rel=1e-5)
+
+
+def test_contact_weight_must_not_be_negative():
+    with pytest.raises(ValueError, match="contact_weight"):
+        PartialDiceCELoss(contact_weight=-1.0)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("contact_weight", -1, "contact_weight must be"), ("contact_weight", "high", "contact_weight must be"),
+     ("ema_decay", 1.0, "ema_decay must be"), ("ema_decay", -0.1, "ema_decay must be")],
+)
+def test_config_rejects_bad_weights(tmp_path, key, value, message):
+    from histo_gedl.errors import InvalidParameterError
+    from histo_gedl.training.config import load_train_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({key: value}))
+    with pytest.raises(InvalidParameterError, match=message):
+        load_train_config(path)
+
+
+# --- weight averaging ---------------------------------------------------------------------
+
+
+def test_weight_average_follows_the_formula():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    average = WeightAverage(model, decay=0.9)
+    start = average.model[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model.train()
+    model(torch.randn(2, 1, 5, 5))  # moves the batch-norm statistics, counts one batch
+    step = 100  # late enough that the decay is 0.9, not the warm-up value
+    average.update(model, step)
+    np.testing.assert_allclose(average.model[0].weight, start + 0.1, rtol=1e-6)
+    np.testing.assert_allclose(
+        average.model[1].running_mean, 0.1 * model[1].running_mean, rtol=1e-5, atol=1e-7
+    )
+    assert average.model[1].num_batches_tracked.item() == 1  # integers are copied
+    assert not any(p.requires_grad for p in average.model.parameters())
+
+
+def test_weight_average_forgets_the_start_early():
+    """At step 0 the decay is 1/10, so the average moves 90% of the way."""
+    model = torch.nn.Linear(2, 2)
+    average = WeightAverage(model, decay=0.999)
+    start = average.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update(model, 0)
+    np.testing.assert_allclose(average.model.weight, start + 0.9, rtol=1e-6)

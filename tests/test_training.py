@@ -357,3 +357,25 @@ def test_shipped_pipeline_configs_load(path, shared_data):
     assert Path(config.data.images).is_dir()
     for folder in config.data.labels:
         assert Path(folder).is_dir()
+
+
+def test_weight_average_is_saved_and_resumed(tmp_path, monuseg_dir):
+    """best.safetensors holds the averaged weights, and a resumed run continues the same average."""
+    extra = {"ema_decay": 0.9, "contact_weight": 2.0, "validate_every": 8}
+    whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
+    whole_dir.mkdir()
+    split_dir.mkdir()
+    whole = train(load_train_config(_config_file(whole_dir, monuseg_dir, steps=8, **extra)))
+    state = torch.load(whole_dir / "run" / "checkpoint.pt", weights_only=True)
+    best = load_model(whole.best_model).state_dict()
+    for name, value in state["average"].items():
+        torch.testing.assert_close(best[name], value)
+    assert any(not torch.equal(state["model"][name], value)
+               for name, value in state["average"].items() if value.is_floating_point())
+
+    config_path = _config_file(split_dir, monuseg_dir, steps=8, **extra)
+    train(load_train_config(config_path), stop_at=4)
+    train(load_train_config(config_path), resume=True)
+    resumed = torch.load(split_dir / "run" / "checkpoint.pt", weights_only=True)
+    for name, value in state["average"].items():
+        torch.testing.assert_close(resumed["average"][name], value, rtol=1e-4, atol=1e-6)

@@ -78,6 +78,13 @@ class TrainConfig:
     #: Validation score that picks best.safetensors: "aji" (Dice where the
     #: validation labels do not separate nuclei) or "dice".
     select_by: str = "aji"
+    #: Extra cross-entropy weight on boundary pixels where two nuclei touch
+    #: (see histo_gedl.training.losses.contact_pixels); 0 turns it off.
+    contact_weight: float = 0.0
+    #: Decay of an exponential moving average of the weights, updated after
+    #: every step; validation and best.safetensors then use the average.
+    #: 0 turns it off; 0.995 averages over roughly the last 200 steps.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stain_normalisation not in STAIN_CHOICES:
@@ -104,6 +111,15 @@ class TrainConfig:
                 raise InvalidParameterError(f"{name} must be positive, got {getattr(self, name)}")
         if self.mpp <= 0:
             raise InvalidParameterError(f"mpp must be positive, got {self.mpp}")
+        if isinstance(self.contact_weight, bool) or not isinstance(self.contact_weight, (int, float)) \
+                or not self.contact_weight >= 0:
+            raise InvalidParameterError(f"contact_weight must be a number >= 0, got {self.contact_weight!r}")
+        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) \
+                or not 0 <= self.ema_decay < 1:
+            raise InvalidParameterError(
+                f"ema_decay must be a number in [0, 1), for example 0.995, or 0 for no averaging; "
+                f"got {self.ema_decay!r}"
+            )
 
 
 def _expand(value: str, base: Path) -> str:

@@ -13,6 +13,7 @@ AJI or Dice, chosen by ``select_by``),
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -152,12 +153,40 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
     return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, history: dict) -> None:
+class WeightAverage:
+    """Exponential moving average of a model's weights, kept in a copy of the model.
+
+    Floating-point parameters and buffers (batch-norm statistics included)
+    move towards the live model's by ``1 - decay`` per update; integer buffers
+    are copied. Early updates use a smaller decay, ``(1 + step) / (10 +
+    step)``, so that the random initial weights are forgotten quickly.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        self.model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        """Move the average towards ``model``'s weights after optimiser step ``step`` (0-based)."""
+        decay = min(self.decay, (1 + step) / (10 + step))
+        live = model.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.is_floating_point():
+                value.lerp_(live[name], 1.0 - decay)
+            else:
+                value.copy_(live[name])
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, history: dict, average=None) -> None:
     temporary = path.with_name(f".{path.name}.partial")
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history},
-        temporary,
-    )
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history}
+    if average is not None:
+        state["average"] = average.model.state_dict()
+    torch.save(state, temporary)
     os.replace(temporary, path)
 
 
@@ -263,8 +292,17 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         start_step, history = int(state["step"]), state["history"]
         log.info("resuming %s at step %d", output_dir, start_step)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
+    if average is not None and resume:
+        if "average" in state:
+            average.model.load_state_dict(state["average"])
+        else:
+            log.warning("the checkpoint has no weight average; starting one from the weights at step %d", start_step)
+    # Validation and best.safetensors use the average where there is one.
+    evaluated = average.model if average is not None else model
+    evaluated.metadata = model.metadata
 
-    loss_function = PartialDiceCELoss()
+    loss_function = PartialDiceCELoss(config.contact_weight)
     augment = training_augmentation(config.patch_size, config.arbitrary_rotation)
     best_score = max((selection_score(v, config.select_by) for v in history["validation"]), default=-1.0)
     started = time.monotonic() - history["seconds"]
@@ -281,13 +319,15 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update(model, step)
         history["loss_steps"].append(step + 1)
         history["loss"].append(loss.item())
         done = step + 1
         out_of_time = config.time_limit and time.monotonic() - started > config.time_limit
         stopping = out_of_time or done == stop_at
         if done % config.validate_every == 0 or done == config.steps or stopping:
-            metrics = validate(model, validation) if validation else {"dice": float("nan")}
+            metrics = validate(evaluated, validation) if validation else {"dice": float("nan")}
             history["validation_steps"].append(done)
             history["validation"].append(metrics)
             history["seconds"] = time.monotonic() - started
@@ -299,8 +339,8 @@ def train(
                 model.metadata.extra = dict(
                     model.metadata.extra, train_seconds=round(history["seconds"], 1), torch=torch.__version__
                 )
-                save_model(model, output_dir / BEST_NAME)
-            _save_checkpoint(checkpoint_path, model, optimizer, done, history)
+                save_model(evaluated, output_dir / BEST_NAME)
+            _save_checkpoint(checkpoint_path, model, optimizer, done, history, average)
             (output_dir / "history.json").write_text(json.dumps(history, indent=1))
             _plot_curves(history, output_dir / "curves.png")
         if out_of_time:
