@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/histo-gedl infer $(SAMPLE) --out $(DEMO_OUT)
+	$(BIN)/histo-gedl infer $(SAMPLE) --out $(DEMO_OUT) --overwrite
 	@echo "Demo outputs are in $(DEMO_OUT)/"
 
 test: $(STAMP)

@@ -39,7 +39,7 @@ def _malloc_trim():
 
 
 def release_free_memory() -> bool:
-    """Return freed heap memory to the system where the C library is glibc, and report whether it did."""
+    """Return freed heap memory to the system where the C library is glibc; return whether malloc_trim was called."""
     trim = _malloc_trim()
     if trim is None:
         return False

@@ -158,3 +158,28 @@ def test_micro_batch_quick(slides_dir):
     assert_header(completed.stdout)
     rows = table_rows(completed.stdout, "tiles per forward pass")
     assert [row.split("|")[1].strip() for row in rows] == ["1", "2", "3"]
+
+
+def test_profile_stages_quick(slides_dir, tmp_path):
+    from histo_gedl.models import ModelConfig, ModelMetadata, build_model, save_model
+
+    model = build_model(ModelConfig(kind="regular", group="C4", width=1, depth=2), ModelMetadata(name="tiny"))
+    save_model(model, tmp_path / "tiny.safetensors")
+    completed = run_script(
+        "profile_stages.py", "--", str(slides_dir / SAMPLE_NAME), "--out", str(tmp_path / "out"),
+        "--model", str(tmp_path / "tiny.safetensors"), "--tile-size", "256",
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert_header(completed.stdout)
+    rows = table_rows(completed.stdout, "s")
+    messages = " ".join(rows)
+    assert "predicted" in messages
+    assert "features to" in messages
+    assert rows[-1].startswith("| end |")
+    assert (tmp_path / "out" / "cmu-1-small-region" / "summary.json").exists()
+
+
+def test_profile_stages_needs_infer_arguments():
+    completed = run_script("profile_stages.py")
+    assert completed.returncode == 2
+    assert "after --" in completed.stderr

@@ -96,6 +96,9 @@ def test_infer_outputs_on_real_crop(tmp_path, cmu_crop, shipped_model, capsys):
     assert summary["finished"] is True
     assert summary["nuclei"] == int(instances.max())
     assert summary["nuclei"] > 20
+    # The shipped model's tuned settings, not the command's default smallest area, were used.
+    assert summary["postprocess"]["min_area"] == 20
+    assert summary["options"]["min_nucleus_area"] == 12
     features = json.loads((folder / "nuclei.geojson").read_text())["features"]
     assert len(features) == summary["nuclei"]
     polygons = [to_shape(f["geometry"]) for f in features]

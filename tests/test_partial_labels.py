@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -262,3 +264,44 @@ def test_weight_average_forgets_the_start_early():
         model.weight.add_(1.0)
     average.update(model, 0)
     np.testing.assert_allclose(average.model.weight, start + 0.9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("line, key, expected", [
+    ("learning_rate: 3e-3", "learning_rate", 0.003),  # YAML 1.1 reads this as a string
+    ("steps: '6'", "steps", 6),
+    ("contact_weight: 1e1", "contact_weight", 10.0),
+    ("time_limit: 60", "time_limit", 60.0),
+])
+def test_config_reads_numeric_strings(tmp_path, line, key, expected):
+    from histo_gedl.training.config import load_train_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(line + "\n")
+    value = getattr(load_train_config(path), key)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("weight_decay: -1", "weight_decay must be a finite number >= 0, got -1"),
+    ("learning_rate: -0.01", "learning_rate must be a finite number > 0"),
+    ("learning_rate: 0", "learning_rate must be a finite number > 0"),
+    ("time_limit: abc", "time_limit must be a finite number >= 0, got 'abc'"),
+    ("warmup_steps: -5", "warmup_steps must be a whole number >= 0"),
+    ("steps: 2.5", "steps must be a whole number >= 1, got 2.5"),
+    ("batch_size: true", "batch_size must be a whole number >= 1, got True"),
+    ("contact_weight: .inf", "contact_weight must be a finite number >= 0, got inf"),
+])
+def test_config_rejects_bad_numbers(tmp_path, line, message):
+    from histo_gedl.errors import InvalidParameterError
+    from histo_gedl.training.config import load_train_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        load_train_config(path)
+
+
+def test_loss_rejects_infinite_contact_weight():
+    with pytest.raises(ValueError, match="finite"):
+        PartialDiceCELoss(contact_weight=float("inf"))

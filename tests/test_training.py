@@ -367,7 +367,10 @@ def test_weight_average_is_saved_and_resumed(tmp_path, monuseg_dir):
     split_dir.mkdir()
     whole = train(load_train_config(_config_file(whole_dir, monuseg_dir, steps=8, **extra)))
     state = torch.load(whole_dir / "run" / "checkpoint.pt", weights_only=True)
-    best = load_model(whole.best_model).state_dict()
+    best_model = load_model(whole.best_model)
+    assert best_model.metadata.extra["training_options"]["ema_decay"] == 0.9
+    assert best_model.metadata.extra["training_options"]["contact_weight"] == 2.0
+    best = best_model.state_dict()
     for name, value in state["average"].items():
         torch.testing.assert_close(best[name], value)
     assert any(not torch.equal(state["model"][name], value)

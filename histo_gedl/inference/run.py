@@ -387,6 +387,8 @@ def infer_slide(slide_path: str | Path, out_dir: str | Path, predictor: TilePred
             "read_mpp": plan.read_mpp,
             "model": model_info,
             "options": asdict(options),
+            # What the watershed used: the model's own settings override min_nucleus_area.
+            "postprocess": instance_options,
             "tiles": len(plan.tiles),
             "tile_core": plan.core,
             "tile_halo": plan.halo,

@@ -7,6 +7,7 @@ shared data folder) and are otherwise relative to the YAML file's folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,9 @@ class TrainConfig:
     contact_weight: float = 0.0
     #: Decay of an exponential moving average of the weights, updated after
     #: every step; validation and best.safetensors then use the average.
-    #: 0 turns it off; 0.995 averages over roughly the last 200 steps.
+    #: 0 turns it off. Early steps use a smaller decay (see
+    #: histo_gedl.training.trainer.WeightAverage), so 0.995 takes effect only
+    #: from step 1,790 on.
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -101,6 +104,8 @@ class TrainConfig:
             )
         if self.freeze not in FREEZE_CHOICES:
             raise InvalidParameterError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
+        for name, (kind, minimum, strict) in NUMBER_FIELDS.items():
+            setattr(self, name, _number(name, getattr(self, name), kind, minimum, strict))
         stride = self.model.total_stride
         if self.patch_size <= 0 or self.patch_size % stride:
             raise InvalidParameterError(
@@ -111,15 +116,51 @@ class TrainConfig:
                 raise InvalidParameterError(f"{name} must be positive, got {getattr(self, name)}")
         if self.mpp <= 0:
             raise InvalidParameterError(f"mpp must be positive, got {self.mpp}")
-        if isinstance(self.contact_weight, bool) or not isinstance(self.contact_weight, (int, float)) \
-                or not self.contact_weight >= 0:
-            raise InvalidParameterError(f"contact_weight must be a number >= 0, got {self.contact_weight!r}")
-        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) \
-                or not 0 <= self.ema_decay < 1:
+        if not self.ema_decay < 1:
             raise InvalidParameterError(
                 f"ema_decay must be a number in [0, 1), for example 0.995, or 0 for no averaging; "
                 f"got {self.ema_decay!r}"
             )
+
+
+#: Numeric keys: (type, smallest value, whether the smallest value itself is invalid).
+NUMBER_FIELDS = {
+    "mpp": (float, 0.0, True),
+    "patch_size": (int, 1, False),
+    "batch_size": (int, 1, False),
+    "steps": (int, 1, False),
+    "validate_every": (int, 1, False),
+    "learning_rate": (float, 0.0, True),
+    "weight_decay": (float, 0.0, False),
+    "warmup_steps": (int, 0, False),
+    "seed": (int, 0, False),
+    "threads": (int, 0, False),
+    "time_limit": (float, 0.0, False),
+    "contact_weight": (float, 0.0, False),
+    "ema_decay": (float, 0.0, False),
+}
+
+
+def _number(name: str, value, kind: type, minimum: float, strict: bool):
+    """Return ``value`` as ``kind``, reading numeric strings such as "3e-3", or raise a clear error."""
+    text = value
+    if isinstance(value, str):
+        # YAML 1.1 reads 3e-3 (no dot) as a string.
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if valid and kind is int:
+        valid = float(value).is_integer()
+        value = int(value) if valid else value
+    if valid:
+        valid = value > minimum if strict else value >= minimum
+    if not valid:
+        bound = ">" if strict else ">="
+        what = "a whole number" if kind is int else "a finite number"
+        raise InvalidParameterError(f"{name} must be {what} {bound} {minimum:g}, got {text!r}")
+    return kind(value)
 
 
 def _expand(value: str, base: Path) -> str:

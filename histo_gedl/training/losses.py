@@ -18,6 +18,8 @@ nucleus that touches only background has a background neighbour.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from histo_gedl.training.targets import BACKGROUND, BOUNDARY, UNKNOWN_FOREGROUND
@@ -30,6 +32,11 @@ def contact_pixels(target: torch.Tensor) -> torch.Tensor:
 
     Pixels outside the patch count as background, so a nucleus cut by the
     patch edge does not make contacts there.
+
+    NOTE: the loss receives augmented targets. Rotations by angles other than
+    quarter turns (``arbitrary_rotation``) and elastic deformation resample
+    the target by nearest neighbour, which can leave a rim pixel without a
+    background neighbour, so some rims of lone nuclei then count as contacts.
 
     Args:
         target: (B, H, W) integer classes, 2 for boundary.
@@ -47,13 +54,15 @@ class PartialDiceCELoss(torch.nn.Module):
     Args:
         contact_weight: extra cross-entropy weight of contact pixels (see
             :func:`contact_pixels`): their weight is ``1 + contact_weight``.
-            0 gives the plain loss.
+            0 gives the plain loss. The weighted sum is divided by the pixel
+            count, not by the sum of weights, so a larger weight also raises
+            the loss as a whole.
     """
 
     def __init__(self, contact_weight: float = 0.0) -> None:
         super().__init__()
-        if not contact_weight >= 0.0:
-            raise ValueError(f"contact_weight must be >= 0, got {contact_weight!r}")
+        if not 0.0 <= contact_weight < math.inf:
+            raise ValueError(f"contact_weight must be a finite number >= 0, got {contact_weight!r}")
         self.contact_weight = float(contact_weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

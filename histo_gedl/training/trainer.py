@@ -157,9 +157,11 @@ class WeightAverage:
     """Exponential moving average of a model's weights, kept in a copy of the model.
 
     Floating-point parameters and buffers (batch-norm statistics included)
-    move towards the live model's by ``1 - decay`` per update; integer buffers
-    are copied. Early updates use a smaller decay, ``(1 + step) / (10 +
-    step)``, so that the random initial weights are forgotten quickly.
+    move towards the live model's by ``1 - d`` per update, and integer
+    buffers are copied. The decay in effect is ``d = min(decay, (1 + step) /
+    (10 + step))``, so the average follows the live weights closely early
+    in a run. It reaches 0.99 at step 890 and 0.995 at step 1,790; a run
+    shorter than that averages over fewer steps than ``decay`` alone implies.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
@@ -337,7 +339,11 @@ def train(
                 best_score = selection_score(metrics, config.select_by)
                 model.metadata.metrics = {**metrics, "step": done}
                 model.metadata.extra = dict(
-                    model.metadata.extra, train_seconds=round(history["seconds"], 1), torch=torch.__version__
+                    model.metadata.extra, train_seconds=round(history["seconds"], 1), torch=torch.__version__,
+                    training_options={
+                        "binary_masks": config.binary_masks, "contact_weight": config.contact_weight,
+                        "ema_decay": config.ema_decay, "select_by": config.select_by,
+                    },
                 )
                 save_model(evaluated, output_dir / BEST_NAME)
             _save_checkpoint(checkpoint_path, model, optimizer, done, history, average)
