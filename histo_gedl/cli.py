@@ -277,6 +277,10 @@ def _run_infer(args: argparse.Namespace) -> int:
     limit_retained_memory()
     if args.batch_size < 1:
         raise InvalidParameterError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.slide_mpp is not None and not 0 < args.slide_mpp < float("inf"):
+        raise InvalidParameterError(
+            f"--slide-mpp must be a positive number of µm per pixel, for example 0.25 or 0.5, got {args.slide_mpp}"
+        )
     if args.resume and args.overwrite:
         raise InvalidParameterError("--resume and --overwrite contradict each other; pass one of them")
     model_path = resolve_model_path(args.model)

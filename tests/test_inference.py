@@ -296,6 +296,25 @@ def test_tile_size_below_halo_rejected(tmp_path, cmu_crop, tiny_model, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "inf"])
+def test_bad_slide_mpp_rejected_before_start(tmp_path, cmu_crop, tiny_model, capsys, value):
+    good = _write_tiff(tmp_path / "good.tif", cmu_crop, 0.499)
+    code, _, err = _infer([str(good), "--out", str(tmp_path / "out"), "--model", str(tiny_model),
+                           "--slide-mpp", value], capsys)
+    assert code == 2
+    assert "--slide-mpp must be a positive number" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_failed_slide_logs_no_next_slide(tmp_path, tiny_model, capsys, caplog):
+    bad = tmp_path / "broken.svs"
+    bad.write_text("this is not a slide")
+    code, out, _ = _infer([str(bad), "--out", str(tmp_path / "out"), "--model", str(tiny_model)], capsys)
+    assert code == 1
+    assert "0 of 1 slides done" in out
+    assert "continuing with the next slide" not in caplog.text
+
+
 def test_unknown_device_rejected(tmp_path, cmu_crop, tiny_model, capsys):
     good = _write_tiff(tmp_path / "good.tif", cmu_crop, 0.499)
     code, _, err = _infer([str(good), "--out", str(tmp_path / "out"), "--model", str(tiny_model),

@@ -412,12 +412,13 @@ def infer_slides(slide_paths: list[str | Path], out_dir: str | Path, predictor: 
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidParameterError(f"output path {out_dir} exists and is a file; pass a folder for --out")
     results = []
-    for path in slide_paths:
+    for number, path in enumerate(slide_paths, start=1):
         try:
             results.append(infer_slide(path, out_dir, predictor, model_info, options))
         except HistoGedlError as error:
             # The error itself goes into the result, which the caller reports.
-            log.warning("%s: failed (%s), continuing with the next slide", path, type(error).__name__)
+            if number < len(slide_paths):
+                log.warning("%s: failed (%s), continuing with the next slide", path, type(error).__name__)
             results.append(SlideResult(str(path), "failed", error=str(error)))
     return results
 
