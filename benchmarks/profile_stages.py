@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from _bench_common import add_common_arguments, check_common_arguments, environment_header, markdown_table
+from _bench_common import check_common_arguments, environment_header, markdown_table
 
 #: Seconds between two samples of resident memory.
 SAMPLE_SECONDS = 0.01
@@ -100,11 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description="Profile the resident memory of one histo-gedl infer run, with a table of peaks per log line.",
         usage="%(prog)s [--threads N] [--device {cpu,cuda}] -- SLIDE --out DIR [infer options]",
-        epilog="--quick is accepted, as by every benchmark script, and changes nothing here.",
+        epilog="Columns: s, seconds since the start; peak RSS and peak RssAnon, the largest resident memory "
+        "(RssAnon: its anonymous part, without mapped files) since the row before, in MiB; RSS at line, the "
+        "memory when the log line was written; log line, the message that ends the row.",
     )
-    add_common_arguments(parser)
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default cpu)")
+    # Accepted like in the other benchmark scripts, which the smoke tests call with it; it changes nothing here.
+    parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv[:split])
     check_common_arguments(parser, args)
     infer_arguments = argv[split + 1 :]
@@ -130,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler.stop()
         root.removeHandler(handler)
     end_peak = sampler.take()
+    if status == 2:
+        # infer rejected its arguments before doing any work: there is nothing to profile.
+        return status
 
     print(environment_header("Resident memory of histo-gedl infer by stage", args))
     print(f"- infer arguments: `{' '.join(infer_arguments)}`; exit status {status}")
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
           "RssAnon leaves out pages of shared libraries\n")
     rows = handler.rows + [["end", "-", f"{end_peak[0]:.0f}", f"{end_peak[1]:.0f}", "-", "after the last log line"]]
     print(markdown_table(["s", "logger", "peak RSS", "peak RssAnon", "RSS at line", "log line"], rows))
-    return 0 if status == 0 else 1
+    return status
 
 
 if __name__ == "__main__":

@@ -279,7 +279,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.slide_mpp is not None and not 0 < args.slide_mpp < float("inf"):
         raise InvalidParameterError(
-            f"--slide-mpp must be a positive number of µm per pixel, for example 0.25 or 0.5, got {args.slide_mpp}"
+            f"--slide-mpp must be a positive finite number of µm per pixel, for example 0.25 or 0.5, got {args.slide_mpp}"
         )
     if args.resume and args.overwrite:
         raise InvalidParameterError("--resume and --overwrite contradict each other; pass one of them")

@@ -302,7 +302,7 @@ def test_bad_slide_mpp_rejected_before_start(tmp_path, cmu_crop, tiny_model, cap
     code, _, err = _infer([str(good), "--out", str(tmp_path / "out"), "--model", str(tiny_model),
                            "--slide-mpp", value], capsys)
     assert code == 2
-    assert "--slide-mpp must be a positive number" in err
+    assert "--slide-mpp must be a positive finite number" in err
     assert not (tmp_path / "out").exists()
 
 
