@@ -99,6 +99,7 @@ def test_infer_outputs_on_real_crop(tmp_path, cmu_crop, shipped_model, capsys):
     # The shipped model's tuned settings, not the command's default smallest area, were used.
     assert summary["postprocess"]["min_area"] == 20
     assert summary["options"]["min_nucleus_area"] == 12
+    assert summary["predictor"] == {"tta": "none", "device": "cpu", "micro_batch": 1}
     features = json.loads((folder / "nuclei.geojson").read_text())["features"]
     assert len(features) == summary["nuclei"]
     polygons = [to_shape(f["geometry"]) for f in features]

@@ -389,6 +389,9 @@ def infer_slide(slide_path: str | Path, out_dir: str | Path, predictor: TilePred
             "options": asdict(options),
             # What the watershed used: the model's own settings override min_nucleus_area.
             "postprocess": instance_options,
+            "predictor": {
+                key: getattr(predictor, key) for key in ("tta", "device", "micro_batch") if hasattr(predictor, key)
+            },
             "tiles": len(plan.tiles),
             "tile_core": plan.core,
             "tile_halo": plan.halo,
