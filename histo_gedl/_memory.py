@@ -62,7 +62,7 @@ def limit_retained_memory(mmap_threshold: int | None = None, max_arenas: int | N
     serves every allocation of at least that many bytes with its own mapping,
     which is returned to the system when freed. That lowered the peak of
     ``infer`` on large slides, but every large array then starts as fresh
-    pages: with 1 MiB, prediction took 1.2 to 1.5 times as long
+    pages: with 1 MiB, prediction took 1.3 to 1.5 times as long
     (docs/benchmarks.md), so ``infer`` leaves it unset.
 
     Args:

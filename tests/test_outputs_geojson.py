@@ -248,7 +248,8 @@ def test_compact_labels_round_trip(labels):
 
     ids, compact = _compact_labels(labels)
     assert ids[0] == 0
-    assert compact.dtype == np.int32 and compact.shape == labels.shape
+    assert compact.dtype == np.int32
+    assert compact.shape == labels.shape
     np.testing.assert_array_equal(ids[compact], labels)
     assert np.array_equal(np.unique(compact[compact > 0]), np.arange(1, ids.size))
 

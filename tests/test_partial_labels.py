@@ -291,6 +291,9 @@ def test_config_reads_numeric_strings(tmp_path, line, key, expected):
     ("steps: 2.5", "steps must be a whole number >= 1, got 2.5"),
     ("batch_size: true", "batch_size must be a whole number >= 1, got True"),
     ("contact_weight: .inf", "contact_weight must be a finite number >= 0, got inf"),
+    ("validate_every: 0", "validate_every must be a whole number >= 1, got 0"),
+    ("patch_size: 0", "patch_size must be a whole number >= 1, got 0"),
+    ("mpp: 0", "mpp must be a finite number > 0, got 0"),
 ])
 def test_config_rejects_bad_numbers(tmp_path, line, message):
     from histo_gedl.errors import InvalidParameterError

@@ -360,7 +360,7 @@ def test_shipped_pipeline_configs_load(path, shared_data):
 
 
 def test_weight_average_is_saved_and_resumed(tmp_path, monuseg_dir):
-    """best.safetensors holds the averaged weights, and a resumed run continues the same average."""
+    """best.safetensors contains the averaged weights, and a resumed run continues the same average."""
     extra = {"ema_decay": 0.9, "contact_weight": 2.0, "validate_every": 8}
     whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
     whole_dir.mkdir()

@@ -106,16 +106,12 @@ class TrainConfig:
             raise InvalidParameterError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
         for name, (kind, minimum, strict) in NUMBER_FIELDS.items():
             setattr(self, name, _number(name, getattr(self, name), kind, minimum, strict))
+        # NUMBER_FIELDS has checked the signs; these checks need more than a bound.
         stride = self.model.total_stride
-        if self.patch_size <= 0 or self.patch_size % stride:
+        if self.patch_size % stride:
             raise InvalidParameterError(
                 f"patch_size must be a positive multiple of {stride} (2 ** model depth), got {self.patch_size}"
             )
-        for name in ("batch_size", "steps", "validate_every"):
-            if getattr(self, name) <= 0:
-                raise InvalidParameterError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.mpp <= 0:
-            raise InvalidParameterError(f"mpp must be positive, got {self.mpp}")
         if not self.ema_decay < 1:
             raise InvalidParameterError(
                 f"ema_decay must be a number in [0, 1), for example 0.995, or 0 for no averaging; "
@@ -158,8 +154,8 @@ def _number(name: str, value, kind: type, minimum: float, strict: bool):
         valid = value > minimum if strict else value >= minimum
     if not valid:
         bound = ">" if strict else ">="
-        what = "a whole number" if kind is int else "a finite number"
-        raise InvalidParameterError(f"{name} must be {what} {bound} {minimum:g}, got {text!r}")
+        expected = "a whole number" if kind is int else "a finite number"
+        raise InvalidParameterError(f"{name} must be {expected} {bound} {minimum:g}, got {text!r}")
     return kind(value)
 
 
