@@ -315,7 +315,9 @@ def _run_infer(args: argparse.Namespace) -> int:
         else:
             print(f"finished {result.slide}: {result.nuclei} nuclei, outputs in {result.output_dir}")
     failed = sum(r.status == "failed" for r in results)
-    print(f"{len(results) - failed} of {len(results)} slides done; outputs in {args.out}")
+    done = len(results) - failed
+    where = f"; outputs in {args.out}" if done else ""
+    print(f"{done} of {len(results)} slides done{where}")
     return 1 if failed else 0
 
 
@@ -419,6 +421,49 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     mean = report["mean"]
     cells = " ".join(f"{mean[k]:6.3f}" if k in mean else f"{'-':>6s}" for k in ("dice", "iou", "aji", "pq"))
     print(f"{'mean':40s} {cells}")
+    return 0
+
+
+@_subcommand
+def _add_pseudo_label(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pseudo-label", help="split binary masks into nuclei with a trained model, for training",
+        description="For each image in --images with a binary mask in --masks, predict with MODEL and split "
+        "the mask's blobs into nuclei along the model's interior map; write uint16 instance PNGs to --out. "
+        "List --out before the binary masks in a training config's labels.",
+    )
+    parser.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="shipped model name or .safetensors file")
+    parser.add_argument("--images", required=True, metavar="DIR", help="folder of RGB tiles")
+    parser.add_argument("--masks", required=True, metavar="DIR", help="folder of binary masks, one per image")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the instance labels to")
+    parser.add_argument(
+        "--mpp", required=True, metavar="MPP_OR_CSV",
+        help="the images' resolution: µm per pixel, or a CSV with columns image,mpp",
+    )
+    parser.add_argument(
+        "--skip-labelled", action="append", default=[], metavar="DIR",
+        help="leave out images that have labels in DIR (for example instance masks); repeatable",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace label files that exist in --out")
+    parser.set_defaults(run=_run_pseudo_label)
+
+
+def _run_pseudo_label(args: argparse.Namespace) -> int:
+    from histo_gedl.models import load_model
+    from histo_gedl.training.pseudo import pseudo_label_folder
+
+    try:
+        mpp = float(args.mpp)
+    except ValueError:
+        mpp = args.mpp
+    model = load_model(args.model)
+    result = pseudo_label_folder(
+        model, args.images, args.masks, args.out, mpp, skip_labelled=args.skip_labelled, overwrite=args.overwrite
+    )
+    print(
+        f"wrote {len(result.written)} label files to {args.out}: {sum(result.nuclei.values())} nuclei, "
+        f"{sum(result.split.values())} mask blobs split; skipped {len(result.skipped)} labelled images"
+    )
     return 0
 
 

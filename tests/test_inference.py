@@ -313,6 +313,7 @@ def test_single_failed_slide_logs_no_next_slide(tmp_path, tiny_model, capsys, ca
     code, out, _ = _infer([str(bad), "--out", str(tmp_path / "out"), "--model", str(tiny_model)], capsys)
     assert code == 1
     assert "0 of 1 slides done" in out
+    assert "outputs in" not in out
     assert "continuing with the next slide" not in caplog.text
 
 
