@@ -452,10 +452,19 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
     from histo_gedl.models import load_model
     from histo_gedl.training.pseudo import pseudo_label_folder
 
+    from pathlib import Path
+
+    from histo_gedl.errors import InvalidParameterError
+
     try:
         mpp = float(args.mpp)
     except ValueError:
         mpp = args.mpp
+        if not Path(mpp).is_file():
+            raise InvalidParameterError(
+                f"--mpp {args.mpp!r} is neither a number nor a CSV file; give µm per pixel (for example 0.25) "
+                "or the path of a CSV with columns image,mpp"
+            ) from None
     model = load_model(args.model)
     result = pseudo_label_folder(
         model, args.images, args.masks, args.out, mpp, skip_labelled=args.skip_labelled, overwrite=args.overwrite

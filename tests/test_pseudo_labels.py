@@ -127,7 +127,7 @@ def test_skip_labelled_and_overwrite(one_tile, capsys):
 
 def test_instance_masks_rejected(one_tile):
     model = load_model("nuclei-c8-v1")
-    with pytest.raises(DatasetError, match="not a binary mask"):
+    with pytest.raises(DatasetError, match="instance mask, not a binary one"):
         pseudo_label_folder(model, one_tile / "images", one_tile / "instance_masks", one_tile / "out", 0.25)
     assert not list((one_tile / "out").glob("*.png"))
 
@@ -142,3 +142,82 @@ def test_missing_mask_and_bad_mpp(one_tile):
         with pytest.raises(InvalidParameterError, match="positive number"):
             pseudo_label_folder(model, one_tile / "images", one_tile / "binary_masks", one_tile / "out", bad)
     assert not (one_tile / "out").exists()
+
+
+def test_out_cannot_be_an_input_folder(one_tile):
+    model = load_model("nuclei-c8-v1")
+    masks = one_tile / "binary_masks"
+    before = (masks / f"{MERGED_TILE}.png").read_bytes()
+    with pytest.raises(InvalidParameterError, match="also the masks folder"):
+        pseudo_label_folder(model, one_tile / "images", masks, masks, 0.25, overwrite=True)
+    with pytest.raises(InvalidParameterError, match="also the skip-labelled folder"):
+        pseudo_label_folder(
+            model, one_tile / "images", masks, one_tile / "instance_masks", 0.25,
+            skip_labelled=[one_tile / "instance_masks"],
+        )
+    assert (masks / f"{MERGED_TILE}.png").read_bytes() == before
+
+
+def test_bad_mask_fails_before_any_file_is_written(one_tile):
+    model = load_model("nuclei-c8-v1")
+    image = one_tile / "images" / f"{MERGED_TILE}.tif"
+    shutil.copy(image, one_tile / "images" / "b-second.tif")
+    shutil.copy(image, one_tile / "images" / "c-third.tif")
+    shutil.copy(one_tile / "binary_masks" / f"{MERGED_TILE}.png", one_tile / "binary_masks" / "b-second.png")
+    Image.new("L", (1000, 900)).save(one_tile / "binary_masks" / "c-third.png")
+    with pytest.raises(DatasetError, match="c-third.png are 1000x900"):
+        pseudo_label_folder(model, one_tile / "images", one_tile / "binary_masks", one_tile / "out", 0.25)
+    assert not (one_tile / "out").exists()
+
+
+def test_mask_judged_by_values_not_dtype(one_tile):
+    model = load_model("nuclei-c8-v1")
+    mask = np.asarray(Image.open(one_tile / "binary_masks" / f"{MERGED_TILE}.png"))
+    Image.fromarray(mask.astype(np.uint16)).save(one_tile / "binary_masks" / f"{MERGED_TILE}.png")
+    result = pseudo_label_folder(model, one_tile / "images", one_tile / "binary_masks", one_tile / "out", 0.25)
+    assert result.nuclei[MERGED_TILE] > 0
+    eight_bit_instances = (np.arange(mask.size).reshape(mask.shape) % 7 + 1) * (mask > 0)
+    Image.fromarray(eight_bit_instances.astype(np.uint8)).save(one_tile / "binary_masks" / f"{MERGED_TILE}.png")
+    with pytest.raises(DatasetError, match="7 different nucleus values"):
+        pseudo_label_folder(model, one_tile / "images", one_tile / "binary_masks", one_tile / "out2", 0.25)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("image,mpp\nTCGA,abc\n", "line 2: mpp 'abc'"),
+        ("image,mpp\nTCGA,\n", "line 2: mpp ''"),
+        ("image,mpp\nTCGA,0\n", "line 2: mpp '0'"),
+        ("image,mpp\n", "no rows"),
+        ("name,value\nTCGA,0.25\n", "needs a header"),
+    ],
+)
+def test_mpp_table_errors(tmp_path, content, message):
+    from histo_gedl.training.data import read_mpp_table
+
+    path = tmp_path / "mpp.csv"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        read_mpp_table(path)
+
+
+def test_mpp_table_not_utf8(tmp_path):
+    from histo_gedl.training.data import read_mpp_table
+
+    path = tmp_path / "mpp.csv"
+    path.write_bytes(b"image,mpp\n\xff\xfe,0.25\n")
+    with pytest.raises(DatasetError, match="cannot read mpp table"):
+        read_mpp_table(path)
+
+
+def test_cli_bad_mpp_and_out(one_tile, capsys):
+    arguments = [
+        "pseudo-label", "--model", "nuclei-c8-v1", "--images", str(one_tile / "images"),
+        "--masks", str(one_tile / "binary_masks"), "--out", str(one_tile / "out"), "--mpp", "abc",
+    ]
+    assert main(arguments) == 2
+    assert "neither a number nor a CSV file" in capsys.readouterr().err
+    (one_tile / "afile").write_text("not a folder")
+    arguments[arguments.index("--out") + 1] = str(one_tile / "afile" / "sub")
+    assert main(arguments[:-1] + ["0.25"]) == 2
+    assert "cannot create output folder" in capsys.readouterr().err

@@ -113,12 +113,13 @@ def read_xml_polygons(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndar
     return instances, mpp
 
 
-def read_labels(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray, str, float | None]:
-    """Read a label file; return (instances (H, W) uint32, kind, mpp from the file or None)."""
+def read_label_array(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a PNG or TIFF label image as stored (first channel only) and check its size.
+
+    Raises:
+        DatasetError: the file cannot be decoded, or its size is not ``shape`` (H, W).
+    """
     path = Path(path)
-    if path.suffix.lower() == ".xml":
-        instances, mpp = read_xml_polygons(path, shape)
-        return instances, "polygons", mpp
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             array = tifffile.imread(path)
@@ -134,6 +135,16 @@ def read_labels(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray, s
             f"labels {path} are {array.shape[1]}x{array.shape[0]} (width x height) but the image is "
             f"{shape[1]}x{shape[0]}; labels must have the image's size"
         )
+    return array
+
+
+def read_labels(path: str | Path, shape: tuple[int, int]) -> tuple[np.ndarray, str, float | None]:
+    """Read a label file; return (instances (H, W) uint32, kind, mpp from the file or None)."""
+    path = Path(path)
+    if path.suffix.lower() == ".xml":
+        instances, mpp = read_xml_polygons(path, shape)
+        return instances, "polygons", mpp
+    array = read_label_array(path, shape)
     if array.dtype in (np.uint8, np.bool_):
         instances = measure.label(array > 0, connectivity=1).astype(np.uint32)
         return instances, "binary", None
@@ -148,13 +159,30 @@ def read_mpp_table(path: str | Path) -> dict[str, float]:
     """Read a CSV with columns ``image`` and ``mpp`` into {stem: mpp}."""
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as error:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DatasetError(f"cannot read mpp table {path}: {error}") from error
-    if not rows or "image" not in rows[0] or "mpp" not in rows[0]:
+    if "image" not in columns or "mpp" not in columns:
         raise DatasetError(f"mpp table {path} needs a header with columns 'image' and 'mpp'")
-    return {Path(row["image"]).stem: float(row["mpp"]) for row in rows}
+    if not rows:
+        raise DatasetError(f"mpp table {path} has a header but no rows; add one row per image")
+    table = {}
+    for line, row in enumerate(rows, start=2):
+        text = (row.get("mpp") or "").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value) or value <= 0:
+            raise DatasetError(
+                f"mpp table {path}, line {line}: mpp {text!r} of image {row.get('image')!r} is not a "
+                "positive number of µm per pixel; fix the value"
+            )
+        table[Path(row["image"] or "").stem] = value
+    return table
 
 
 def _find_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:

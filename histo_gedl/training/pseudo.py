@@ -10,7 +10,7 @@ person drew; only the lines between touching nuclei come from the model.
 
 Write the labels next to the others and list that folder before the binary
 masks in a training config, so that tiles with real instance labels keep
-them (see ``pipelines/finetune-nuclei-c8-pseudo.yaml``).
+them (see the comments in ``pipelines/train-nuclei-c8.yaml``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from histo_gedl.training.data import (
     IMAGE_SUFFIXES,
     LABEL_SUFFIXES,
     _find_by_stem,
-    read_labels,
+    read_label_array,
     read_mpp_table,
     read_rgb,
     rescale_tile,
@@ -130,6 +130,29 @@ def _write_png(labels: np.ndarray, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def _folder_files(folder: str | Path, option: str, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{option} folder {folder} not found; pass an existing folder")
+    return _find_by_stem(folder, suffixes)
+
+
+def _read_binary_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a mask and return it as bool (H, W); a file with several nucleus values is not binary."""
+    if path.suffix.lower() == ".xml":
+        raise DatasetError(f"{path} is an XML annotation, not a binary mask; pass its folder as --skip-labelled")
+    array = read_label_array(path, shape)
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        raise DatasetError(f"mask {path} has dtype {array.dtype}; expected an integer or 1-bit mask")
+    values = np.unique(array[array != 0])
+    if values.size > 1:
+        raise DatasetError(
+            f"mask {path} contains {values.size} different nucleus values, so it is an instance mask, not a "
+            "binary one. It needs no pseudo-labels: pass its folder as --skip-labelled"
+        )
+    return array != 0
+
+
 def pseudo_label_folder(
     model: SegmentationModel,
     images: str | Path,
@@ -148,11 +171,16 @@ def pseudo_label_folder(
     resolution. The files keep the image's size and stem, so training reads
     them as instance masks.
 
+    Every image and mask is read and checked before the first prediction. If
+    a later step fails, the files that this call wrote are removed again, so
+    ``out`` never holds a partial set.
+
     Args:
         model: a trained model with the interior/boundary/background classes.
         images: folder of RGB tiles.
-        masks: folder of binary masks (8-bit or 1-bit PNG/TIFF), one per image.
-        out: folder to write; created when missing.
+        masks: folder of binary masks (PNG or TIFF with one nucleus value), one per image.
+        out: folder to write; created when missing. It must not be ``images``,
+            ``masks`` or a ``skip_labelled`` folder.
         mpp: the images' resolution: one number, or a CSV with columns image,mpp.
         skip_labelled: folders of labels (for example instance masks); images
             labelled there are left out, as training would not read their
@@ -160,10 +188,11 @@ def pseudo_label_folder(
         overwrite: replace label files that already exist in ``out``.
 
     Raises:
-        DatasetError: an image without a mask, a mask that is not binary, or
-            an image whose mpp is unknown.
+        DatasetError: an image without a mask, a mask that is not binary or
+            has another size, or an image whose mpp is unknown.
         InvalidParameterError: ``out`` holds label files and ``overwrite`` is
-            False, or the model does not predict three classes.
+            False, ``out`` is an input folder, or the model does not predict
+            three classes.
     """
     from histo_gedl.training.evaluate import postprocess_options
 
@@ -172,14 +201,25 @@ def pseudo_label_folder(
             f"model {model.metadata.name} predicts the classes {', '.join(model.config.classes)}; "
             "pseudo-labels need background, interior and boundary"
         )
-    image_files = _find_by_stem(Path(images), IMAGE_SUFFIXES)
-    mask_files = _find_by_stem(Path(masks), LABEL_SUFFIXES)
+    image_files = _folder_files(images, "images", IMAGE_SUFFIXES)
+    mask_files = _folder_files(masks, "masks", LABEL_SUFFIXES)
     if not image_files:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {images}")
     skipped = set()
     for folder in skip_labelled or []:
-        skipped |= set(_find_by_stem(Path(folder), LABEL_SUFFIXES))
+        skipped |= set(_folder_files(folder, "skip-labelled", LABEL_SUFFIXES))
+    out = Path(out)
+    inputs = {"images": images, "masks": masks} | {"skip-labelled": f for f in skip_labelled or []}
+    for option, folder in inputs.items():
+        if out.resolve() == Path(folder).resolve():
+            raise InvalidParameterError(
+                f"output folder {out} is also the {option} folder; write pseudo-labels to a folder of their own"
+            )
+    if out.exists() and not out.is_dir():
+        raise InvalidParameterError(f"output {out} is a file; pass a folder")
     todo = {stem: path for stem, path in image_files.items() if stem not in skipped}
+    if not todo:
+        log.warning("every image in %s has labels in a --skip-labelled folder; nothing to write", images)
     missing = sorted(stem for stem in todo if stem not in mask_files)
     if missing:
         raise DatasetError(
@@ -191,46 +231,55 @@ def pseudo_label_folder(
             f"mpp must be a positive number of µm per pixel or a CSV with columns image,mpp, got {mpp!r}"
         )
     table = read_mpp_table(mpp) if isinstance(mpp, (str, Path)) else None
-    for stem in todo:
-        value = table.get(stem) if table is not None else mpp
-        if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-            raise DatasetError(f"mpp of image {stem} is unknown; give mpp as a number or a CSV with columns image,mpp")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InvalidParameterError(f"output {out} is a file; pass a folder")
+    if table is not None:
+        unknown = sorted(stem for stem in todo if stem not in table)
+        if unknown:
+            raise DatasetError(
+                f"mpp table {mpp} has no row for {len(unknown)} image(s), for example {unknown[0]}; add them"
+            )
     existing = sorted(out / f"{stem}.png" for stem in todo if (out / f"{stem}.png").exists())
     if existing and not overwrite:
         raise InvalidParameterError(
             f"{len(existing)} label file(s) already exist in {out}, for example {existing[0].name}; "
             "pass --overwrite to replace them or choose another folder"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    # Read everything once before predicting, so bad input fails before any file is written.
+    for stem, image_path in todo.items():
+        shape = read_rgb(image_path).shape[:2]
+        _read_binary_mask(mask_files[stem], shape)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidParameterError(f"cannot create output folder {out}: {error}") from error
+
     options = postprocess_options(model)
     threshold = float(options.get("interior_threshold", 0.5))
     min_marker = int(options.get("min_marker_area", 4))
     model.eval()
     written, nuclei, split = [], {}, {}
-    for index, (stem, image_path) in enumerate(todo.items(), start=1):
-        image = read_rgb(image_path)
-        components, kind, _ = read_labels(mask_files[stem], image.shape[:2])
-        if kind != "binary":
-            raise DatasetError(
-                f"{mask_files[stem]} contains {kind}, not a binary mask. It already separates nuclei, "
-                "so it needs no pseudo-labels: pass its folder as --skip-labelled"
+    try:
+        for index, (stem, image_path) in enumerate(todo.items(), start=1):
+            image = read_rgb(image_path)
+            mask = _read_binary_mask(mask_files[stem], image.shape[:2])
+            source_mpp = float(table[stem] if table is not None else mpp)
+            factor = source_mpp / model.metadata.mpp
+            interior = _interior_at(model, image, factor)
+            labels = split_binary_mask(interior, mask, threshold, max(1, round(min_marker / factor**2)))
+            if labels.max() > MAX_LABEL:
+                raise DatasetError(f"{stem}: {labels.max()} nuclei do not fit a uint16 PNG; split the tile")
+            path = out / f"{stem}.png"
+            _write_png(labels, path)
+            written.append(path)
+            nuclei[stem] = int(labels.max())
+            components, _ = ndi.label(mask)
+            pairs = np.unique(np.stack([components[mask], labels[mask]]), axis=1)
+            split[stem] = int(np.sum(np.bincount(pairs[0])[1:] > 1))
+            log.info(
+                "%d/%d %s: %d nuclei, %d mask components split", index, len(todo), stem, nuclei[stem], split[stem]
             )
-        source_mpp = float(table[stem] if table is not None else mpp)
-        factor = source_mpp / model.metadata.mpp
-        interior = _interior_at(model, image, factor)
-        labels = split_binary_mask(interior, components > 0, threshold, max(1, round(min_marker / factor**2)))
-        if labels.max() > MAX_LABEL:
-            raise DatasetError(f"{stem}: {labels.max()} nuclei do not fit a uint16 PNG; split the tile")
-        path = out / f"{stem}.png"
-        _write_png(labels, path)
-        written.append(path)
-        nuclei[stem] = int(labels.max())
-        pairs = np.unique(np.stack([components[components > 0], labels[components > 0]]), axis=1)
-        split[stem] = int(np.sum(np.bincount(pairs[0])[1:] > 1))
-        log.info(
-            "%d/%d %s: %d nuclei, %d mask components split", index, len(todo), stem, nuclei[stem], split[stem]
-        )
+    except BaseException:
+        # Leave no partial set behind: remove what this call wrote.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return PseudoLabelResult(written, sorted(skipped & set(image_files)), nuclei, split)
