@@ -173,7 +173,7 @@ def pseudo_label_folder(
 
     Every image and mask is read and checked before the first prediction. If
     a later step fails, the files that this call wrote are removed again, so
-    ``out`` never holds a partial set.
+    ``out`` never contains a partial set.
 
     Args:
         model: a trained model with the interior/boundary/background classes.
