@@ -428,7 +428,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_pseudo_label(subparsers) -> None:
     parser = subparsers.add_parser(
         "pseudo-label", help="split binary masks into nuclei with a trained model, for training",
-        description="For each image in --images with a binary mask in --masks, predict with MODEL and split "
+        description="For each image in --images with a binary mask in --masks, predict with --model and split "
         "the mask's blobs into nuclei along the model's interior map; write uint16 instance PNGs to --out. "
         "List --out before the binary masks in a training config's labels.",
     )
@@ -449,12 +449,11 @@ def _add_pseudo_label(subparsers) -> None:
 
 
 def _run_pseudo_label(args: argparse.Namespace) -> int:
-    from histo_gedl.models import load_model
-    from histo_gedl.training.pseudo import pseudo_label_folder
-
     from pathlib import Path
 
     from histo_gedl.errors import InvalidParameterError
+    from histo_gedl.models import load_model
+    from histo_gedl.training.pseudo import pseudo_label_folder
 
     try:
         mpp = float(args.mpp)

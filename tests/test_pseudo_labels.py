@@ -132,6 +132,12 @@ def test_instance_masks_rejected(one_tile):
     assert not list((one_tile / "out").glob("*.png"))
 
 
+def test_missing_folder_named_by_option(one_tile):
+    model = load_model("nuclei-c8-v1")
+    with pytest.raises(DatasetError, match="masks folder .*nope not found"):
+        pseudo_label_folder(model, one_tile / "images", one_tile / "nope", one_tile / "out", 0.25)
+
+
 def test_missing_mask_and_bad_mpp(one_tile):
     model = load_model("nuclei-c8-v1")
     Image.new("RGB", (32, 32), "white").save(one_tile / "images" / "extra.png")
@@ -150,10 +156,11 @@ def test_out_cannot_be_an_input_folder(one_tile):
     before = (masks / f"{MERGED_TILE}.png").read_bytes()
     with pytest.raises(InvalidParameterError, match="also the masks folder"):
         pseudo_label_folder(model, one_tile / "images", masks, masks, 0.25, overwrite=True)
+    (one_tile / "more_labels").mkdir()
     with pytest.raises(InvalidParameterError, match="also the skip-labelled folder"):
         pseudo_label_folder(
             model, one_tile / "images", masks, one_tile / "instance_masks", 0.25,
-            skip_labelled=[one_tile / "instance_masks"],
+            skip_labelled=[one_tile / "instance_masks", one_tile / "more_labels"],
         )
     assert (masks / f"{MERGED_TILE}.png").read_bytes() == before
 

@@ -185,9 +185,11 @@ def read_mpp_table(path: str | Path) -> dict[str, float]:
     return table
 
 
-def _find_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def _find_by_stem(folder: Path, suffixes: tuple[str, ...], role: str = "") -> dict[str, Path]:
+    """Map file stems to the files in ``folder`` with one of ``suffixes``; ``role`` names the folder in errors."""
     if not folder.is_dir():
-        raise DatasetError(f"folder {folder} not found")
+        named = f"{role} folder" if role else "folder"
+        raise DatasetError(f"{named} {folder} not found; pass an existing folder")
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes}
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy import ndimage as ndi
-from skimage.segmentation import watershed
+from skimage.segmentation import relabel_sequential, watershed
 
 from histo_gedl.errors import DatasetError, InvalidParameterError
 from histo_gedl.models.unet import SegmentationModel
@@ -84,13 +84,8 @@ def split_binary_mask(
     labels = watershed(-interior, markers=markers, mask=mask).astype(np.int64)
     unreached, _ = ndi.label(mask & (labels == 0))
     labels = np.where(unreached > 0, unreached + labels.max(), labels)
-    # Renumber 1..n: the watershed keeps the numbers of dropped markers free.
-    used = np.zeros(int(labels.max()) + 1, dtype=bool)
-    used[labels.ravel()] = True
-    used[0] = False
-    numbers = np.zeros(used.size, dtype=np.uint32)
-    numbers[used] = np.arange(1, int(used.sum()) + 1, dtype=np.uint32)
-    return numbers[labels]
+    # Dropped markers leave gaps in the numbering, so renumber 1..n.
+    return relabel_sequential(labels)[0].astype(np.uint32)
 
 
 @dataclass
@@ -128,13 +123,6 @@ def _write_png(labels: np.ndarray, path: Path) -> None:
     temporary = path.with_name(f".{path.stem}.partial.png")
     Image.fromarray(labels.astype(np.uint16)).save(temporary)
     os.replace(temporary, path)
-
-
-def _folder_files(folder: str | Path, option: str, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{option} folder {folder} not found; pass an existing folder")
-    return _find_by_stem(folder, suffixes)
 
 
 def _read_binary_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -190,7 +178,7 @@ def pseudo_label_folder(
     Raises:
         DatasetError: an image without a mask, a mask that is not binary or
             has another size, or an image whose mpp is unknown.
-        InvalidParameterError: ``out`` holds label files and ``overwrite`` is
+        InvalidParameterError: ``out`` contains label files and ``overwrite`` is
             False, ``out`` is an input folder, or the model does not predict
             three classes.
     """
@@ -201,16 +189,16 @@ def pseudo_label_folder(
             f"model {model.metadata.name} predicts the classes {', '.join(model.config.classes)}; "
             "pseudo-labels need background, interior and boundary"
         )
-    image_files = _folder_files(images, "images", IMAGE_SUFFIXES)
-    mask_files = _folder_files(masks, "masks", LABEL_SUFFIXES)
+    image_files = _find_by_stem(Path(images), IMAGE_SUFFIXES, "images")
+    mask_files = _find_by_stem(Path(masks), LABEL_SUFFIXES, "masks")
     if not image_files:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {images}")
     skipped = set()
     for folder in skip_labelled or []:
-        skipped |= set(_folder_files(folder, "skip-labelled", LABEL_SUFFIXES))
+        skipped |= set(_find_by_stem(Path(folder), LABEL_SUFFIXES, "skip-labelled"))
     out = Path(out)
-    inputs = {"images": images, "masks": masks} | {"skip-labelled": f for f in skip_labelled or []}
-    for option, folder in inputs.items():
+    inputs = [("images", images), ("masks", masks)] + [("skip-labelled", f) for f in skip_labelled or []]
+    for option, folder in inputs:
         if out.resolve() == Path(folder).resolve():
             raise InvalidParameterError(
                 f"output folder {out} is also the {option} folder; write pseudo-labels to a folder of their own"
