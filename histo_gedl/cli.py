@@ -408,7 +408,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             mpp = float(mpp)
         except ValueError:
             pass
-    report = evaluate_model(model, args.images, args.labels, mpp=mpp, rotate_degrees=args.rotate)
+    report = evaluate_model(
+        model, args.images, args.labels, mpp=mpp, rotate_degrees=args.rotate, roles=("--images", "--labels")
+    )
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

@@ -77,6 +77,24 @@ def test_unknown_mpp_is_an_error(tmp_path):
         load_labelled_tiles(tmp_path / "images", [tmp_path / "labels"], 0.5, None)
 
 
+@pytest.mark.parametrize("cut", ["first page past the end", "half of the pixels"])
+def test_truncated_tiff_error(tmp_path, cut):
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.full((64, 64, 3), 200, np.uint8))
+    data = whole.read_bytes()
+    if cut == "first page past the end":
+        # A little-endian TIFF header whose first page lies beyond the end of the file.
+        data = b"II*\x00" + (len(data) + 1000).to_bytes(4, "little") + data[8:100]
+    else:
+        data = data[: len(data) // 2]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images" / "a.tif").write_bytes(data)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "labels" / "a.png")
+    with pytest.raises(DatasetError, match="cannot read image .*a.tif: .*(truncated|failed to read)"):
+        load_labelled_tiles(tmp_path / "images", [tmp_path / "labels"], 0.5, 0.5)
+
+
 def test_sixteen_bit_png_reads_as_instances(tmp_path):
     labels = np.zeros((6, 6), np.uint16)
     labels[1:3, 1:3] = 1
@@ -281,6 +299,33 @@ def test_finetune_rejects_other_mpp(tmp_path, monuseg_dir):
     config = load_train_config(_config_file(tmp_path, monuseg_dir, steps=2))
     with pytest.raises(InvalidParameterError, match="trained at 0.25 mpp"):
         train(config, init_from=str(base_path))
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_missing_folder_names_key(tmp_path, monuseg_dir, capsys):
+    config_path = _config_file(tmp_path, monuseg_dir, steps=2)
+    config = yaml.safe_load(config_path.read_text())
+    config["data"]["labels"] = [str(tmp_path / "no-such-labels")]
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(config_path)]) == 2
+    assert "data.labels folder " + str(tmp_path / "no-such-labels") + " not found" in capsys.readouterr().err
+    # A run that could not start leaves no run folder behind.
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", ["--images", "--labels"])
+def test_evaluate_missing_folder_names_option(tmp_path, option, capsys):
+    model = build_model(ModelConfig(kind="plain", width=2, depth=2), ModelMetadata(name="tiny", mpp=0.5))
+    model_path = save_model(model.eval(), tmp_path / "tiny.safetensors")
+    folders = {"--images": tmp_path / "images", "--labels": tmp_path / "labels"}
+    for folder in folders.values():
+        folder.mkdir()
+    missing = tmp_path / "missing"
+    folders[option] = missing
+    code = main(["evaluate", "--model", str(model_path), "--images", str(folders["--images"]),
+                 "--labels", str(folders["--labels"]), "--mpp", "0.5"])
+    assert code == 2
+    assert f"{option} folder {missing} not found" in capsys.readouterr().err
 
 
 def test_evaluate_command_json(tmp_path, monuseg_dir, capsys):

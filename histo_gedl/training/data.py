@@ -66,7 +66,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tiff:
+                if not tiff.pages:
+                    raise DatasetError(
+                        f"cannot read image {path}: the TIFF holds no readable image; "
+                        "the file may be truncated or damaged, so copy it again"
+                    )
+                array = tiff.asarray()
         else:
             with Image.open(path) as handle:
                 array = np.asarray(handle.convert("RGBA") if handle.mode in ("RGBA", "LA", "P") else handle.convert("RGB"))
@@ -122,7 +128,13 @@ def read_label_array(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tiff:
+                if not tiff.pages:
+                    raise DatasetError(
+                        f"cannot read image {path}: the TIFF holds no readable image; "
+                        "the file may be truncated or damaged, so copy it again"
+                    )
+                array = tiff.asarray()
         else:
             with Image.open(path) as handle:
                 array = np.asarray(handle)
@@ -214,6 +226,7 @@ def load_labelled_tiles(
     target_mpp: float,
     mpp: float | str | Path | None = None,
     names: list[str] | None = None,
+    roles: tuple[str, str] = ("images", "labels"),
 ) -> list[LabelledTile]:
     """Load every image with its labels, resampled to ``target_mpp``.
 
@@ -226,14 +239,16 @@ def load_labelled_tiles(
             ``image`` and ``mpp``. XML labels that give ``MicronsPerPixel``
             override it.
         names: load only these stems (all when None).
+        roles: how errors name the image and label folders, e.g. the command
+            line options or configuration keys they came from.
 
     Raises:
-        DatasetError: an image without labels, labels of another size, or an
+        DatasetError: a missing folder (named by ``roles``), an image without labels, labels of another size, or an
             image whose mpp is unknown.
     """
-    image_files = _find_by_stem(Path(images), IMAGE_SUFFIXES)
+    image_files = _find_by_stem(Path(images), IMAGE_SUFFIXES, roles[0])
     label_folders = [Path(f) for f in ([labels] if isinstance(labels, (str, Path)) else labels)]
-    label_files = [_find_by_stem(folder, LABEL_SUFFIXES) for folder in label_folders]
+    label_files = [_find_by_stem(folder, LABEL_SUFFIXES, roles[1]) for folder in label_folders]
     table = read_mpp_table(mpp) if isinstance(mpp, (str, Path)) else None
     if names is not None:
         missing = sorted(set(names) - set(image_files))

@@ -80,6 +80,7 @@ def evaluate_model(
     mpp: float | str | Path | None = None,
     rotate_degrees: float = 0.0,
     names: list[str] | None = None,
+    roles: tuple[str, str] = ("images", "labels"),
 ) -> dict:
     """Predict and score every labelled tile; return per-tile and mean scores.
 
@@ -91,6 +92,8 @@ def evaluate_model(
         rotate_degrees: rotate each tile and its labels first, to measure how
             the model copes with orientations.
         names: score only these stems.
+        roles: how errors name the image and label folders (e.g. the command
+            line options).
 
     Returns:
         ``{"tiles": {name: scores}, "mean": scores, "model": name, "mpp": mpp,
@@ -102,7 +105,7 @@ def evaluate_model(
 
     model.eval()
     target_mpp = model.metadata.mpp
-    tiles = load_labelled_tiles(images, labels, target_mpp, mpp if mpp is not None else target_mpp, names)
+    tiles = load_labelled_tiles(images, labels, target_mpp, mpp if mpp is not None else target_mpp, names, roles)
     stain = model.metadata.extra.get("stain_normalisation")
     per_tile = {}
     for tile in tiles:

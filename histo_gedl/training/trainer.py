@@ -244,11 +244,12 @@ def train(
         raise InvalidParameterError(
             f"{output_dir} already contains a run; pass --resume to continue it or choose another output_dir"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
 
     # With an explicit training list, only the listed tiles need labels.
     names = (config.data.train + config.data.validation) if config.data.train else None
-    tiles = load_labelled_tiles(config.data.images, config.data.labels, config.mpp, config.data.mpp, names)
+    tiles = load_labelled_tiles(
+        config.data.images, config.data.labels, config.mpp, config.data.mpp, names, roles=("data.images", "data.labels")
+    )
     training, validation = _split(config, tiles)
     stain_target = None
     if config.stain_normalisation == "reinhard":
@@ -280,6 +281,8 @@ def train(
         )
     _freeze(model, config.freeze)
     model.train()
+    # Created only now, so that bad data or a bad starting model leaves no empty run folder.
+    output_dir.mkdir(parents=True, exist_ok=True)
 
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
