@@ -271,6 +271,7 @@ def test_weight_average_forgets_the_start_early():
     ("steps: '6'", "steps", 6),
     ("contact_weight: 1e1", "contact_weight", 10.0),
     ("time_limit: 60", "time_limit", 60.0),
+    ("boundary_width: '2'", "boundary_width", 2),
 ])
 def test_config_reads_numeric_strings(tmp_path, line, key, expected):
     from histo_gedl.training.config import load_train_config
@@ -291,6 +292,8 @@ def test_config_reads_numeric_strings(tmp_path, line, key, expected):
     ("steps: 2.5", "steps must be a whole number >= 1, got 2.5"),
     ("batch_size: true", "batch_size must be a whole number >= 1, got True"),
     ("contact_weight: .inf", "contact_weight must be a finite number >= 0, got inf"),
+    ("boundary_width: 0", "boundary_width must be a whole number >= 1, got 0"),
+    ("boundary_width: 1.5", "boundary_width must be a whole number >= 1, got 1.5"),
     ("validate_every: 0", "validate_every must be a whole number >= 1, got 0"),
     ("patch_size: 0", "patch_size must be a whole number >= 1, got 0"),
     ("mpp: 0", "mpp must be a finite number > 0, got 0"),
@@ -308,3 +311,59 @@ def test_config_rejects_bad_numbers(tmp_path, line, message):
 def test_loss_rejects_infinite_contact_weight():
     with pytest.raises(ValueError, match="finite"):
         PartialDiceCELoss(contact_weight=float("inf"))
+
+
+# --- thicker boundaries -------------------------------------------------------------------
+
+
+def test_wide_boundary_separates_touching_nuclei():
+    target = three_class_target(_two_touching_squares(), boundary_width=2)
+    # Each 6x6 square keeps a 2x2 interior, and four boundary columns lie between the two.
+    assert (target[7:9, 5:7] == INTERIOR).all()
+    assert (target[7:9, 11:13] == INTERIOR).all()
+    assert (target == INTERIOR).sum() == 8
+    assert (target[5:11, 7:11] == BOUNDARY).all()
+
+
+def test_width_one_matches_default_target():
+    instances = _two_touching_squares()
+    np.testing.assert_array_equal(three_class_target(instances, boundary_width=1), three_class_target(instances))
+
+
+def test_small_nucleus_keeps_an_interior():
+    instances = np.zeros((12, 12), dtype=np.uint32)
+    instances[4:8, 4:8] = 1  # 4x4: a rim of 2 would remove it
+    target = three_class_target(instances, boundary_width=3)
+    assert (target[5:7, 5:7] == INTERIOR).all()
+    assert (target[instances > 0] != BACKGROUND).all()
+
+
+@pytest.mark.parametrize("width", [0, -1, 1.5, True])
+def test_target_rejects_bad_boundary_width(width):
+    from histo_gedl.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="boundary_width must be a whole number >= 1"):
+        three_class_target(_two_touching_squares(), boundary_width=width)
+
+
+def test_wide_boundary_contacts_are_between_nuclei():
+    target = torch.from_numpy(three_class_target(_two_touching_squares(), 2).astype(np.int64))[None]
+    contact = contact_pixels(target, boundary_width=2)[0].numpy()
+    # The four columns between the squares, less two rows at each end, which lie within two steps of background.
+    expected = np.zeros_like(contact)
+    expected[7:9, 7:11] = True
+    np.testing.assert_array_equal(contact, expected)
+
+
+def test_width_one_contacts_include_inner_rims():
+    """Scoring a two-pixel rim as if it were one pixel thick marks its inner layer as contact."""
+    instances = _two_touching_squares()
+    instances[instances == 2] = 0
+    target = torch.from_numpy(three_class_target(instances, 2).astype(np.int64))[None]
+    assert contact_pixels(target, boundary_width=1).any()
+    assert not contact_pixels(target, boundary_width=2).any()
+
+
+def test_loss_rejects_bad_boundary_width():
+    with pytest.raises(ValueError, match="boundary_width"):
+        PartialDiceCELoss(boundary_width=0)

@@ -88,6 +88,9 @@ class TrainConfig:
     #: histo_gedl.training.trainer.WeightAverage), so 0.995 takes effect only
     #: from step 1,790 on.
     ema_decay: float = 0.0
+    #: Thickness in pixels of the boundary class: the rim of each nucleus that
+    #: is not interior (see histo_gedl.training.targets.three_class_target).
+    boundary_width: int = 1
 
     def __post_init__(self) -> None:
         if self.stain_normalisation not in STAIN_CHOICES:
@@ -134,6 +137,7 @@ NUMBER_FIELDS = {
     "time_limit": (float, 0.0, False),
     "contact_weight": (float, 0.0, False),
     "ema_decay": (float, 0.0, False),
+    "boundary_width": (int, 1, False),
 }
 
 

@@ -27,11 +27,16 @@ from histo_gedl.training.targets import BACKGROUND, BOUNDARY, UNKNOWN_FOREGROUND
 SMOOTH = 1e-5  # MONAI's default smoothing of the Dice numerator and denominator
 
 
-def contact_pixels(target: torch.Tensor) -> torch.Tensor:
-    """Return a bool mask (B, H, W) of boundary pixels with no background among their four neighbours.
+def contact_pixels(target: torch.Tensor, boundary_width: int = 1) -> torch.Tensor:
+    """Return a bool mask (B, H, W) of boundary pixels farther than ``boundary_width`` steps from background.
 
-    Pixels outside the patch count as background, so a nucleus cut by the
-    patch edge does not make contacts there.
+    Steps go to the four neighbours (city-block distance). With a rim one
+    pixel thick, these are the boundary pixels with no background neighbour,
+    which lie where two nuclei touch. A thicker rim (``boundary_width`` of
+    :func:`~histo_gedl.training.targets.three_class_target`) needs the same
+    width here, or its inner layers count as contacts. Pixels outside the
+    patch count as background, so a nucleus cut by the patch edge does not
+    make contacts there.
 
     NOTE: the loss receives augmented targets. Rotations by angles other than
     quarter turns (``arbitrary_rotation``) and elastic deformation resample
@@ -40,12 +45,14 @@ def contact_pixels(target: torch.Tensor) -> torch.Tensor:
 
     Args:
         target: (B, H, W) integer classes, 2 for boundary.
+        boundary_width: thickness of the boundary rim in pixels.
     """
-    background = (target == BACKGROUND).to(torch.float32)[:, None]
-    padded = torch.nn.functional.pad(background, (1, 1, 1, 1), value=1.0)
-    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], device=target.device)
-    neighbours = torch.nn.functional.conv2d(padded, cross[None, None])[:, 0]
-    return (target == BOUNDARY) & (neighbours == 0)
+    near = (target == BACKGROUND).to(torch.float32)[:, None]
+    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=target.device)
+    for _ in range(boundary_width):
+        padded = torch.nn.functional.pad(near, (1, 1, 1, 1), value=1.0)
+        near = (torch.nn.functional.conv2d(padded, cross[None, None]) > 0).to(torch.float32)
+    return (target == BOUNDARY) & (near[:, 0] == 0)
 
 
 class PartialDiceCELoss(torch.nn.Module):
@@ -57,13 +64,18 @@ class PartialDiceCELoss(torch.nn.Module):
             0 gives the plain loss. The weighted sum is divided by the pixel
             count, not by the sum of weights, so a larger weight also raises
             the loss as a whole.
+        boundary_width: thickness of the boundary rim in the targets, which
+            :func:`contact_pixels` needs to tell contacts from inner rim layers.
     """
 
-    def __init__(self, contact_weight: float = 0.0) -> None:
+    def __init__(self, contact_weight: float = 0.0, boundary_width: int = 1) -> None:
         super().__init__()
         if not 0.0 <= contact_weight < math.inf:
             raise ValueError(f"contact_weight must be a finite number >= 0, got {contact_weight!r}")
         self.contact_weight = float(contact_weight)
+        if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
+            raise ValueError(f"boundary_width must be a whole number >= 1, got {boundary_width!r}")
+        self.boundary_width = boundary_width
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Return the scalar loss.
@@ -85,7 +97,7 @@ class PartialDiceCELoss(torch.nn.Module):
         nll_unknown = -torch.logsumexp(log_p[:, 1:], dim=1)
         nll = torch.where(known, nll_known, nll_unknown)
         if self.contact_weight:
-            nll = nll * (1.0 + self.contact_weight * contact_pixels(target))
+            nll = nll * (1.0 + self.contact_weight * contact_pixels(target, self.boundary_width))
         cross_entropy = nll.mean()
 
         p = log_p.exp()

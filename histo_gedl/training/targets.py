@@ -16,6 +16,8 @@ import numpy as np
 from skimage import measure
 from skimage.segmentation import find_boundaries
 
+from histo_gedl.errors import InvalidParameterError
+
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 UNKNOWN_FOREGROUND = 3
 
@@ -29,23 +31,39 @@ MIN_SOLIDITY = 0.9
 MAX_AREA_RATIO = 2.0
 
 
-def three_class_target(instances: np.ndarray) -> np.ndarray:
+def three_class_target(instances: np.ndarray, boundary_width: int = 1) -> np.ndarray:
     """Return classes (H, W) uint8: 0 background, 1 nucleus interior, 2 nucleus boundary.
 
-    The boundary is the one-pixel inner rim of each nucleus, so two touching
-    nuclei are separated by two boundary pixels.
+    The boundary is the inner rim of each nucleus, ``boundary_width`` pixels
+    thick, so two touching nuclei are separated by ``2 * boundary_width``
+    boundary pixels. Where a layer of the rim would cover a small nucleus
+    entirely, that layer stays interior, so every nucleus keeps an interior.
 
     Args:
         instances: (H, W) integer labels, 0 background.
+        boundary_width: rim thickness in pixels, at least 1.
     """
+    if isinstance(boundary_width, bool) or not isinstance(boundary_width, (int, np.integer)) or boundary_width < 1:
+        raise InvalidParameterError(f"boundary_width must be a whole number >= 1, got {boundary_width!r}")
     target = np.zeros(instances.shape, dtype=np.uint8)
     target[instances > 0] = INTERIOR
-    target[find_boundaries(instances, mode="inner") & (instances > 0)] = BOUNDARY
+    remaining = np.asarray(instances).copy()
+    for layer in range(boundary_width):
+        rim = find_boundaries(remaining, mode="inner") & (remaining > 0)
+        if layer > 0:
+            # Keep as interior the nuclei that this layer would remove completely.
+            vanishing = np.setdiff1d(np.unique(remaining[rim]), np.unique(remaining[~rim & (remaining > 0)]))
+            rim &= ~np.isin(remaining, vanishing)
+        target[rim] = BOUNDARY
+        remaining[rim] = 0
     return target
 
 
 def binary_mask_target(
-    components: np.ndarray, min_solidity: float = MIN_SOLIDITY, max_area_ratio: float = MAX_AREA_RATIO
+    components: np.ndarray,
+    min_solidity: float = MIN_SOLIDITY,
+    max_area_ratio: float = MAX_AREA_RATIO,
+    boundary_width: int = 1,
 ) -> np.ndarray:
     """Return classes (H, W) uint8 for a binary mask, with 3 marking nucleus pixels of unknown class.
 
@@ -57,8 +75,9 @@ def binary_mask_target(
 
     Args:
         components: (H, W) connected-component labels of the mask, 0 background.
+        boundary_width: rim thickness in pixels (see :func:`three_class_target`).
     """
-    target = three_class_target(components)
+    target = three_class_target(components, boundary_width)
     regions = measure.regionprops(components.astype(np.int32))
     if not regions:
         return target
@@ -72,14 +91,16 @@ def binary_mask_target(
     return target
 
 
-def training_target(instances: np.ndarray, has_instances: bool, binary_masks: str = "partial") -> np.ndarray:
+def training_target(
+    instances: np.ndarray, has_instances: bool, binary_masks: str = "partial", boundary_width: int = 1
+) -> np.ndarray:
     """Return the training target for a tile.
 
     Tiles with instance labels get :func:`three_class_target`. Binary masks
     get :func:`binary_mask_target` when ``binary_masks`` is "partial", and
     :func:`three_class_target` of their connected components when it is
-    "components".
+    "components". ``boundary_width`` is the rim thickness in pixels for both.
     """
     if has_instances or binary_masks == "components":
-        return three_class_target(instances)
-    return binary_mask_target(instances)
+        return three_class_target(instances, boundary_width)
+    return binary_mask_target(instances, boundary_width=boundary_width)

@@ -256,7 +256,9 @@ def train(
         stain_target = lab_statistics([t.image for t in training])
         for tile in training + validation:
             tile.image = reinhard_normalise(tile.image, lab_statistics(tile.image), stain_target)
-    targets = [training_target(t.instances, t.has_instances, config.binary_masks) for t in training]
+    targets = [
+        training_target(t.instances, t.has_instances, config.binary_masks, config.boundary_width) for t in training
+    ]
     log.info("%d training and %d validation tiles at %.3f mpp", len(training), len(validation), config.mpp)
 
     if init_from is not None:
@@ -307,7 +309,7 @@ def train(
     evaluated = average.model if average is not None else model
     evaluated.metadata = model.metadata
 
-    loss_function = PartialDiceCELoss(config.contact_weight)
+    loss_function = PartialDiceCELoss(config.contact_weight, config.boundary_width)
     augment = training_augmentation(config.patch_size, config.arbitrary_rotation)
     best_score = max((selection_score(v, config.select_by) for v in history["validation"]), default=-1.0)
     started = time.monotonic() - history["seconds"]
@@ -346,6 +348,7 @@ def train(
                     training_options={
                         "binary_masks": config.binary_masks, "contact_weight": config.contact_weight,
                         "ema_decay": config.ema_decay, "select_by": config.select_by,
+                        "boundary_width": config.boundary_width,
                     },
                 )
                 save_model(evaluated, output_dir / BEST_NAME)
