@@ -277,7 +277,7 @@ def test_config_reads_numeric_strings(tmp_path, line, key, expected):
     from histo_gedl.training.config import load_train_config
 
     path = tmp_path / "config.yaml"
-    path.write_text(line + "\n")
+    path.write_text(line + "\ndata: {images: images, labels: [labels]}\n")
     value = getattr(load_train_config(path), key)
     assert value == expected
     assert type(value) is type(expected)
@@ -367,3 +367,15 @@ def test_width_one_contacts_include_inner_rims():
 def test_loss_rejects_bad_boundary_width():
     with pytest.raises(ValueError, match="boundary_width"):
         PartialDiceCELoss(boundary_width=0)
+
+
+def test_loss_accepts_numpy_boundary_width():
+    assert PartialDiceCELoss(boundary_width=np.int64(2)).boundary_width == 2
+
+
+def test_thin_nucleus_is_all_rim():
+    instances = np.zeros((8, 8), dtype=np.uint32)
+    instances[2:6, 3:5] = 1  # two pixels wide
+    for width in (1, 2):
+        target = three_class_target(instances, boundary_width=width)
+        assert (target[instances > 0] == BOUNDARY).all()

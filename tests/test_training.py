@@ -77,22 +77,50 @@ def test_unknown_mpp_is_an_error(tmp_path):
         load_labelled_tiles(tmp_path / "images", [tmp_path / "labels"], 0.5, None)
 
 
-@pytest.mark.parametrize("cut", ["first page past the end", "half of the pixels"])
-def test_truncated_tiff_error(tmp_path, cut):
+def _damaged_tiff(tmp_path: Path, cut: str) -> bytes:
+    """Return the bytes of a 64 x 64 RGB TIFF damaged in the way ``cut`` names."""
     whole = tmp_path / "whole.tif"
-    tifffile.imwrite(whole, np.full((64, 64, 3), 200, np.uint8))
+    compression = "zlib" if cut == "compressed pixels cut" else None
+    tifffile.imwrite(whole, np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8), compression=compression)
     data = whole.read_bytes()
     if cut == "first page past the end":
         # A little-endian TIFF header whose first page lies beyond the end of the file.
-        data = b"II*\x00" + (len(data) + 1000).to_bytes(4, "little") + data[8:100]
-    else:
-        data = data[: len(data) // 2]
+        return b"II*\x00" + (len(data) + 1000).to_bytes(4, "little") + data[8:100]
+    if cut == "compressed pixels cut":
+        # tifffile writes the pixels before the page directory, so overwrite the middle of the pixels.
+        middle = len(data) // 3
+        return data[:middle] + bytes(200) + data[middle + 200:]
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("cut", ["first page past the end", "half of the pixels", "compressed pixels cut"])
+def test_truncated_tiff_error(tmp_path, cut):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
-    (tmp_path / "images" / "a.tif").write_bytes(data)
+    (tmp_path / "images" / "a.tif").write_bytes(_damaged_tiff(tmp_path, cut))
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "labels" / "a.png")
-    with pytest.raises(DatasetError, match="cannot read image .*a.tif: .*(truncated|failed to read)"):
+    with pytest.raises(DatasetError, match="cannot read image .*a.tif: .*truncated or damaged"):
         load_labelled_tiles(tmp_path / "images", [tmp_path / "labels"], 0.5, 0.5)
+
+
+def test_damaged_label_tiff_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "labels" / "a.tif").write_bytes(_damaged_tiff(tmp_path, "compressed pixels cut"))
+    with pytest.raises(DatasetError, match="cannot read labels .*a.tif: .*truncated or damaged"):
+        load_labelled_tiles(tmp_path / "images", [tmp_path / "labels"], 0.5, 0.5)
+
+
+def test_folder_that_is_a_file_error(tmp_path):
+    (tmp_path / "images").write_text("not a folder")
+    with pytest.raises(DatasetError, match="images folder .* is a file, not a folder"):
+        load_labelled_tiles(tmp_path / "images", [tmp_path], 0.5, 0.5)
+
+
+def test_no_label_folders_error(tmp_path):
+    with pytest.raises(DatasetError, match="no labels folder given"):
+        load_labelled_tiles(tmp_path, [], 0.5, 0.5)
 
 
 def test_sixteen_bit_png_reads_as_instances(tmp_path):
@@ -300,6 +328,16 @@ def test_finetune_rejects_other_mpp(tmp_path, monuseg_dir):
     with pytest.raises(InvalidParameterError, match="trained at 0.25 mpp"):
         train(config, init_from=str(base_path))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key", ["images", "labels"])
+def test_config_requires_data_folders(tmp_path, monuseg_dir, key):
+    config_path = _config_file(tmp_path, monuseg_dir, steps=2)
+    config = yaml.safe_load(config_path.read_text())
+    del config["data"][key]
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(InvalidParameterError, match=f"data.{key} is missing"):
+        load_train_config(config_path)
 
 
 def test_train_missing_folder_names_key(tmp_path, monuseg_dir, capsys):

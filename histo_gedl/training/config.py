@@ -203,6 +203,14 @@ def load_train_config(path: str | os.PathLike, overrides: dict | None = None) ->
     if "output_dir" in raw:
         raw["output_dir"] = _expand(raw["output_dir"], Path.cwd())
     try:
-        return TrainConfig(model=model, data=DataConfig(**data), **raw)
+        config = TrainConfig(model=model, data=DataConfig(**data), **raw)
     except InvalidParameterError as error:
         raise InvalidParameterError(f"{path}: {error}") from error
+    # Checked last, so that a file with only a few keys still reports their errors first.
+    if not config.data.images:
+        raise InvalidParameterError(f"{path}: data.images is missing; set it to the folder of the training images")
+    if not config.data.labels:
+        raise InvalidParameterError(
+            f"{path}: data.labels is missing or empty; list the label folders, instance masks first"
+        )
+    return config

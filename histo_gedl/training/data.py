@@ -61,18 +61,27 @@ class LabelledTile:
         return self.label_kind != "binary"
 
 
+DAMAGED_HINT = "The file may be truncated or damaged: copy or export it again."
+
+
+def _read_tiff(path: Path, role: str) -> np.ndarray:
+    """Read the first image of a TIFF file, or raise a DatasetError that names the file and its ``role``."""
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            if not tiff.pages:
+                raise DatasetError(f"cannot read {role} {path}: the TIFF contains no readable image. {DAMAGED_HINT}")
+            return tiff.asarray()
+    except (OSError, ValueError, RuntimeError, tifffile.TiffFileError) as error:
+        # RuntimeError covers the decoders of compressed TIFFs (imagecodecs) failing on bad data.
+        raise DatasetError(f"cannot read {role} {path}: {error}. {DAMAGED_HINT}") from error
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as RGB (H, W, 3) uint8; alpha is composited on white."""
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            with tifffile.TiffFile(path) as tiff:
-                if not tiff.pages:
-                    raise DatasetError(
-                        f"cannot read image {path}: the TIFF holds no readable image; "
-                        "the file may be truncated or damaged, so copy it again"
-                    )
-                array = tiff.asarray()
+            array = _read_tiff(path, "image")
         else:
             with Image.open(path) as handle:
                 array = np.asarray(handle.convert("RGBA") if handle.mode in ("RGBA", "LA", "P") else handle.convert("RGB"))
@@ -128,13 +137,7 @@ def read_label_array(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            with tifffile.TiffFile(path) as tiff:
-                if not tiff.pages:
-                    raise DatasetError(
-                        f"cannot read image {path}: the TIFF holds no readable image; "
-                        "the file may be truncated or damaged, so copy it again"
-                    )
-                array = tiff.asarray()
+            array = _read_tiff(path, "labels")
         else:
             with Image.open(path) as handle:
                 array = np.asarray(handle)
@@ -199,8 +202,10 @@ def read_mpp_table(path: str | Path) -> dict[str, float]:
 
 def _find_by_stem(folder: Path, suffixes: tuple[str, ...], role: str = "") -> dict[str, Path]:
     """Map file stems to the files in ``folder`` with one of ``suffixes``; ``role`` names the folder in errors."""
+    named = f"{role} folder" if role else "folder"
+    if folder.is_file():
+        raise DatasetError(f"{named} {folder} is a file, not a folder; pass the folder that contains it")
     if not folder.is_dir():
-        named = f"{role} folder" if role else "folder"
         raise DatasetError(f"{named} {folder} not found; pass an existing folder")
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes}
 
@@ -248,6 +253,8 @@ def load_labelled_tiles(
     """
     image_files = _find_by_stem(Path(images), IMAGE_SUFFIXES, roles[0])
     label_folders = [Path(f) for f in ([labels] if isinstance(labels, (str, Path)) else labels)]
+    if not label_folders:
+        raise DatasetError(f"no {roles[1]} folder given; pass at least one folder of label files")
     label_files = [_find_by_stem(folder, LABEL_SUFFIXES, roles[1]) for folder in label_folders]
     table = read_mpp_table(mpp) if isinstance(mpp, (str, Path)) else None
     if names is not None:

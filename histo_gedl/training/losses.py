@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from histo_gedl.training.targets import BACKGROUND, BOUNDARY, UNKNOWN_FOREGROUND
@@ -73,9 +74,9 @@ class PartialDiceCELoss(torch.nn.Module):
         if not 0.0 <= contact_weight < math.inf:
             raise ValueError(f"contact_weight must be a finite number >= 0, got {contact_weight!r}")
         self.contact_weight = float(contact_weight)
-        if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
+        if isinstance(boundary_width, bool) or not isinstance(boundary_width, (int, np.integer)) or boundary_width < 1:
             raise ValueError(f"boundary_width must be a whole number >= 1, got {boundary_width!r}")
-        self.boundary_width = boundary_width
+        self.boundary_width = int(boundary_width)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Return the scalar loss.

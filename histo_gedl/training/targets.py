@@ -36,8 +36,10 @@ def three_class_target(instances: np.ndarray, boundary_width: int = 1) -> np.nda
 
     The boundary is the inner rim of each nucleus, ``boundary_width`` pixels
     thick, so two touching nuclei are separated by ``2 * boundary_width``
-    boundary pixels. Where a layer of the rim would cover a small nucleus
-    entirely, that layer stays interior, so every nucleus keeps an interior.
+    boundary pixels. Where the second or a later layer would cover a small
+    nucleus entirely, that layer stays interior, so such a nucleus keeps an
+    interior and its side of the separation is thinner. The first layer is
+    always boundary: a nucleus at most two pixels wide has no interior.
 
     Args:
         instances: (H, W) integer labels, 0 background.
