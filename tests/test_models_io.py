@@ -52,6 +52,11 @@ def test_load_missing_name_lists_shipped(tmp_path):
         load_model(tmp_path / "absent.safetensors")
 
 
+def test_load_folder_is_named(tmp_path):
+    with pytest.raises(ModelFileError, match="is a folder; pass a .safetensors file"):
+        load_model(tmp_path)
+
+
 def test_load_corrupt_file(tmp_path):
     path = tmp_path / "corrupt.safetensors"
     path.write_bytes(b"\x00\x01not a model at all")

@@ -382,7 +382,7 @@ def test_evaluate_command_json(tmp_path, monuseg_dir, capsys):
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["tiles"]) == {"crop"}
-    assert {"dice", "iou", "aji", "pq"} <= set(report["mean"])
+    assert list(report["mean"]) == ["dice", "iou", "aji", "pq"]
     assert all(0.0 <= v <= 1.0 for v in report["mean"].values())
 
 

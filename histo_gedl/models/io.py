@@ -58,6 +58,8 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
     candidate = Path(name_or_path)
+    if candidate.is_dir():
+        raise ModelFileError(f"model {candidate} is a folder; pass a .safetensors file or a shipped model name")
     if candidate.exists():
         return candidate
     shipped = SHIPPED_MODELS_DIR / f"{name_or_path}.safetensors"
