@@ -57,6 +57,12 @@ def test_load_folder_is_named(tmp_path):
         load_model(tmp_path)
 
 
+def test_shipped_name_wins_over_folder(tmp_path, monkeypatch):
+    (tmp_path / "nuclei-c8-v1").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_model("nuclei-c8-v1").metadata.name == "nuclei-c8-v1"
+
+
 def test_load_corrupt_file(tmp_path):
     path = tmp_path / "corrupt.safetensors"
     path.write_bytes(b"\x00\x01not a model at all")

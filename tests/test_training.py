@@ -17,7 +17,7 @@ from histo_gedl.errors import DatasetError, InvalidParameterError
 from histo_gedl.models import ModelConfig, ModelMetadata, build_model, load_model, save_model
 from histo_gedl.training.augment import HEDJitter, training_augmentation
 from histo_gedl.training.config import load_train_config
-from histo_gedl.training.data import load_labelled_tiles, read_labels
+from histo_gedl.training.data import load_labelled_tiles, read_labels, read_rgb
 from histo_gedl.training.evaluate import rotate_pair, score_prediction
 from histo_gedl.training.targets import BACKGROUND, BOUNDARY, INTERIOR, three_class_target
 from histo_gedl.training.trainer import train
@@ -80,9 +80,12 @@ def test_unknown_mpp_is_an_error(tmp_path):
 def _damaged_tiff(tmp_path: Path, cut: str) -> bytes:
     """Return the bytes of a 64 x 64 RGB TIFF damaged in the way ``cut`` names."""
     whole = tmp_path / "whole.tif"
-    compression = "zlib" if cut == "compressed pixels cut" else None
+    compression = {"compressed pixels cut": "zlib", "JPEG pixels cut": "jpeg"}.get(cut)
     tifffile.imwrite(whole, np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8), compression=compression)
     data = whole.read_bytes()
+    if cut == "JPEG pixels cut":
+        # The JPEG decoder fills a cut stream with grey instead of failing.
+        return data[: len(data) // 2]
     if cut == "first page past the end":
         # A little-endian TIFF header whose first page lies beyond the end of the file.
         return b"II*\x00" + (len(data) + 1000).to_bytes(4, "little") + data[8:100]
@@ -93,7 +96,9 @@ def _damaged_tiff(tmp_path: Path, cut: str) -> bytes:
     return data[: len(data) // 2]
 
 
-@pytest.mark.parametrize("cut", ["first page past the end", "half of the pixels", "compressed pixels cut"])
+@pytest.mark.parametrize(
+    "cut", ["first page past the end", "half of the pixels", "compressed pixels cut", "JPEG pixels cut"]
+)
 def test_truncated_tiff_error(tmp_path, cut):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
@@ -101,6 +106,15 @@ def test_truncated_tiff_error(tmp_path, cut):
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "labels" / "a.png")
     with pytest.raises(DatasetError, match="cannot read image .*a.tif: .*truncated or damaged"):
         load_labelled_tiles(tmp_path / "images", [tmp_path / "labels"], 0.5, 0.5)
+
+
+def test_cut_tiff_logs_nothing_extra(tmp_path, caplog):
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.zeros((64, 64, 3), np.uint8), compression="zlib")
+    (tmp_path / "cut.tif").write_bytes(whole.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="truncated or damaged"):
+        read_rgb(tmp_path / "cut.tif")
+    assert not [record for record in caplog.records if record.name == "tifffile"]
 
 
 def test_damaged_label_tiff_error(tmp_path):

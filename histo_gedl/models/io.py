@@ -58,13 +58,14 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
     candidate = Path(name_or_path)
+    if candidate.is_file():
+        return candidate
+    # A shipped name wins over a folder of that name, such as a training run's output folder.
+    shipped = SHIPPED_MODELS_DIR / f"{name_or_path}.safetensors"
+    if shipped.is_file():
+        return shipped
     if candidate.is_dir():
         raise ModelFileError(f"model {candidate} is a folder; pass a .safetensors file or a shipped model name")
-    if candidate.exists():
-        return candidate
-    shipped = SHIPPED_MODELS_DIR / f"{name_or_path}.safetensors"
-    if shipped.exists():
-        return shipped
     available = sorted(p.stem for p in SHIPPED_MODELS_DIR.glob("*.safetensors"))
     raise ModelFileError(
         f"model {str(name_or_path)!r} not found: it is neither a file nor a shipped model name; "

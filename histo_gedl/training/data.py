@@ -65,15 +65,31 @@ DAMAGED_HINT = "The file may be truncated or damaged: copy or export it again."
 
 
 def _read_tiff(path: Path, role: str) -> np.ndarray:
-    """Read the first image of a TIFF file, or raise a DatasetError that names the file and its ``role``."""
+    """Read the first image of a TIFF file, or raise a DatasetError that names the file and its ``role``.
+
+    A file cut short is an error even where the decoder would fill the
+    missing pixels (JPEG does), because the pixel data must end inside the file.
+    """
+    # tifffile logs each damaged tag before it fails, so it is muted here and the error below reports the damage once.
+    tifffile_log = logging.getLogger("tifffile")
+    was_disabled, tifffile_log.disabled = tifffile_log.disabled, True
     try:
         with tifffile.TiffFile(path) as tiff:
             if not tiff.pages:
                 raise DatasetError(f"cannot read {role} {path}: the TIFF contains no readable image. {DAMAGED_HINT}")
-            return tiff.asarray()
+            page = tiff.pages.first
+            size = path.stat().st_size
+            if any(offset + count > size for offset, count in zip(page.dataoffsets, page.databytecounts)):
+                raise DatasetError(
+                    f"cannot read {role} {path}: its pixel data runs past the end of the file "
+                    f"({size} bytes). {DAMAGED_HINT}"
+                )
+            return page.asarray()
     except (OSError, ValueError, RuntimeError, tifffile.TiffFileError) as error:
         # RuntimeError covers the decoders of compressed TIFFs (imagecodecs) failing on bad data.
         raise DatasetError(f"cannot read {role} {path}: {error}. {DAMAGED_HINT}") from error
+    finally:
+        tifffile_log.disabled = was_disabled
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
