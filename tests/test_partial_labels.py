@@ -316,6 +316,11 @@ def test_loss_rejects_infinite_contact_weight():
 # --- thicker boundaries -------------------------------------------------------------------
 
 
+def _target_tensor(instances: np.ndarray, boundary_width: int) -> torch.Tensor:
+    """Return the three-class target of ``instances`` as a (1, H, W) int64 tensor, as the loss receives it."""
+    return torch.from_numpy(three_class_target(instances, boundary_width).astype(np.int64))[None]
+
+
 def test_wide_boundary_separates_touching_nuclei():
     target = three_class_target(_two_touching_squares(), boundary_width=2)
     # Each 6x6 square keeps a 2x2 interior, and four boundary columns lie between the two.
@@ -347,8 +352,7 @@ def test_target_rejects_bad_boundary_width(width):
 
 
 def test_wide_boundary_contacts_are_between_nuclei():
-    target = torch.from_numpy(three_class_target(_two_touching_squares(), 2).astype(np.int64))[None]
-    contact = contact_pixels(target, boundary_width=2)[0].numpy()
+    contact = contact_pixels(_target_tensor(_two_touching_squares(), 2), boundary_width=2)[0].numpy()
     # The four columns between the squares, less two rows at each end, which lie within two steps of background.
     expected = np.zeros_like(contact)
     expected[7:9, 7:11] = True
@@ -359,7 +363,7 @@ def test_width_one_contacts_include_inner_rims():
     """Scoring a two-pixel rim as if it were one pixel thick marks its inner layer as contact."""
     instances = _two_touching_squares()
     instances[instances == 2] = 0
-    target = torch.from_numpy(three_class_target(instances, 2).astype(np.int64))[None]
+    target = _target_tensor(instances, 2)
     assert contact_pixels(target, boundary_width=1).any()
     assert not contact_pixels(target, boundary_width=2).any()
 

@@ -70,8 +70,8 @@ def _read_tiff(path: Path, role: str) -> np.ndarray:
     A file cut short is an error even where the decoder would fill the
     missing pixels (JPEG does), because the pixel data must end inside the file.
     """
-    # tifffile logs each damaged tag before it fails, so it is muted here, and the
-    # error below reports the damage once.
+    # tifffile logs an error for each damaged tag before it raises. Its logger is muted
+    # here, so the damage is reported once, by the DatasetError below.
     tifffile_log = logging.getLogger("tifffile")
     was_disabled, tifffile_log.disabled = tifffile_log.disabled, True
     try:

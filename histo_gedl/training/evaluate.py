@@ -118,7 +118,7 @@ def evaluate_model(
             predict_tile(model, image), instances, tile.has_instances, postprocess_options(model)
         )
         log.info("%s: %s", tile.name, per_tile[tile.name])
-    # In the order of the per-tile scores (dice, iou, aji, pq), keys that some tiles lack included.
+    # Keys keep the order of the per-tile scores (dice, iou, aji, pq), and a key that only some tiles have is kept.
     keys = list(dict.fromkeys(key for scores in per_tile.values() for key in scores))
     mean = {key: float(np.mean([s[key] for s in per_tile.values() if key in s])) for key in keys}
     return {

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from histo_gedl.training.targets import BACKGROUND, BOUNDARY, UNKNOWN_FOREGROUND
+from histo_gedl.training.targets import BACKGROUND, BOUNDARY, UNKNOWN_FOREGROUND, check_boundary_width
 
 SMOOTH = 1e-5  # MONAI's default smoothing of the Dice numerator and denominator
 
@@ -74,9 +73,7 @@ class PartialDiceCELoss(torch.nn.Module):
         if not 0.0 <= contact_weight < math.inf:
             raise ValueError(f"contact_weight must be a finite number >= 0, got {contact_weight!r}")
         self.contact_weight = float(contact_weight)
-        if isinstance(boundary_width, bool) or not isinstance(boundary_width, (int, np.integer)) or boundary_width < 1:
-            raise ValueError(f"boundary_width must be a whole number >= 1, got {boundary_width!r}")
-        self.boundary_width = int(boundary_width)
+        self.boundary_width = check_boundary_width(boundary_width)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Return the scalar loss.

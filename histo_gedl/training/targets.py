@@ -31,6 +31,13 @@ MIN_SOLIDITY = 0.9
 MAX_AREA_RATIO = 2.0
 
 
+def check_boundary_width(boundary_width: int) -> int:
+    """Return ``boundary_width`` as an int, or raise InvalidParameterError unless it is a whole number >= 1."""
+    if isinstance(boundary_width, bool) or not isinstance(boundary_width, (int, np.integer)) or boundary_width < 1:
+        raise InvalidParameterError(f"boundary_width must be a whole number >= 1, got {boundary_width!r}")
+    return int(boundary_width)
+
+
 def three_class_target(instances: np.ndarray, boundary_width: int = 1) -> np.ndarray:
     """Return classes (H, W) uint8: 0 background, 1 nucleus interior, 2 nucleus boundary.
 
@@ -45,8 +52,7 @@ def three_class_target(instances: np.ndarray, boundary_width: int = 1) -> np.nda
         instances: (H, W) integer labels, 0 background.
         boundary_width: rim thickness in pixels, at least 1.
     """
-    if isinstance(boundary_width, bool) or not isinstance(boundary_width, (int, np.integer)) or boundary_width < 1:
-        raise InvalidParameterError(f"boundary_width must be a whole number >= 1, got {boundary_width!r}")
+    check_boundary_width(boundary_width)
     target = np.zeros(instances.shape, dtype=np.uint8)
     target[instances > 0] = INTERIOR
     remaining = np.asarray(instances).copy()
